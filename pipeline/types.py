@@ -1,0 +1,84 @@
+"""Plain data shared between stages: search hits, citations, agent steps and answers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One chunk of archival memory returned by a search."""
+
+    chunk_id: str
+    source: str  # path of the file, relative to the ingested directory
+    page: int | None  # 1-based first page (None for formats without pages)
+    page_end: int | None
+    heading: str
+    text: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One page of ranked hits, with the true number of matches behind it."""
+
+    query: str
+    hits: list[Hit]
+    total: int  # matches in the whole archive, not just on this page
+    page: int  # 0-based
+    top_k: int  # hits per page
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.top_k)) if self.top_k else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "total": self.total, "page": self.page, "top_k": self.top_k,
+                "hits": [h.to_dict() for h in self.hits]}
+
+
+@dataclass(frozen=True)
+class Citation:
+    source: str
+    page: int | None
+    chunk_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Step:
+    """One function call the agent made, as recorded in the answer's trace."""
+
+    function: str
+    arguments: dict[str, Any]
+    result: str  # short summary of what the function returned
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Answer:
+    """The outcome of one question. `status` is "ok" or "error" (then `error` says why)."""
+
+    question: str
+    answer: str
+    citations: list[Citation] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    status: str = "ok"
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"question": self.question, "answer": self.answer,
+                "citations": [c.to_dict() for c in self.citations],
+                "steps": [s.to_dict() for s in self.steps], "usage": dict(self.usage),
+                "status": self.status, "error": self.error}
