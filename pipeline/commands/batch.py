@@ -1,0 +1,126 @@
+"""`analyze batch FILE -o OUT.jsonl`: answer a question file concurrently and resumably."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.cli import store_option
+from pipeline.config import Settings
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int | None) -> tuple[Any, dict[str, Any]]:
+    """(answer_fn, record metadata): the agent over the archive opened once, pinned to one LanceDB version.
+
+    Raises `click.ClickException` with a plain message when the store or the endpoint is unusable.
+    """
+    from pipeline.batch import RateLimitedClient, RateLimiter
+    from pipeline.llm import LLMError, make_client
+
+    if not Path(settings.store).exists():
+        raise click.ClickException(f"no archive at {settings.store}: run `analyze ingest DIR` first (or pass --store)")
+    try:
+        client = make_client(settings)
+    except LLMError as exc:
+        raise click.ClickException(str(exc)) from None
+    if rpm:
+        client = RateLimitedClient(client, RateLimiter(rpm))
+    from pipeline.agent import answer
+    from pipeline.store import Archive
+
+    try:
+        archive = Archive.open(settings.store, version=store_version)
+        if store_version is None:  # pin the latest version now, so ingest running beside us changes nothing
+            archive = Archive.open(settings.store, version=archive.version)
+    except Exception as exc:  # a missing version, a corrupt store: say what and where
+        raise click.ClickException(f"cannot open the archive at {settings.store}: {exc}") from None
+
+    def answer_fn(question: str) -> Any:
+        return answer(question, retriever=archive, client=client, settings=settings)
+
+    return answer_fn, {"model": settings.model, "store_version": archive.version}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+               epilog="Exit codes: 0 every question answered ok; 1 finished, but some records are errors "
+                      "(including malformed input lines); 2 bad usage or input (unreadable FILE, no archive, "
+                      "no endpoint); 130 interrupted with Ctrl-C (rerun the same command to resume).")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Output JSONL (default outputs/<FILE stem>.jsonl); rerunning with the same OUT resumes.")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Questions answered at once, each with its own context.")
+@click.option("--rpm", type=click.FloatRange(0, min_open=True), default=None,
+              help="Cap on requests per minute to the endpoint (all workers together).")
+@click.option("--retry-errors", is_flag=True, help="Redo questions whose earlier record has status error.")
+@store_option
+@click.option("--model", default=None, help="Model name (env ANALYZE_MODEL).")
+@click.option("--tool-mode", type=click.Choice(["tools", "json"]), default=None,
+              help="Native tool calls or one JSON object per step (env ANALYZE_TOOL_MODE).")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Agent steps per question.")
+@click.option("--context-window", type=click.IntRange(512), default=None,
+              help="Tokens in the model's window (env ANALYZE_CONTEXT_WINDOW).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
+def command(file: Path, out: Path | None, concurrency: int, rpm: float | None, retry_errors: bool, store: str,
+            model: str | None, tool_mode: str | None, max_steps: int | None, context_window: int | None,
+            progress: bool) -> None:
+    """Answer every question in FILE into OUT, one JSON record per line.
+
+    \b
+    FILE is .txt (one question a line; the id is the line number) or .jsonl
+    ({"id": ..., "question": ..., optional gold "answer"/"answers", and any extra
+    fields such as "category", "unanswerable", "pages", kept under "gold" for
+    `analyze eval`). Malformed lines are reported with their line numbers and
+    become error records; the batch goes on.
+
+    \b
+    Each record: id, question, answer, citations, status (ok/error), error, steps,
+    usage, latency_s, model, store_version (one LanceDB version for the whole file,
+    also on resume), gold. Records are appended and flushed as they complete; a
+    rerun with the same OUT skips ids already there (and redoes errors only with
+    --retry-errors). Ctrl-C once finishes in-flight questions, twice abandons them.
+    A summary goes to OUT with .summary.json.
+    """
+    from pipeline.batch import BatchInputError, format_summary, key, load_output, read_questions, run_batch
+
+    settings = Settings.from_env(store=store, model=model, tool_mode=tool_mode, max_steps=max_steps,
+                                 context_window=context_window)
+    out = out or Path("outputs") / f"{file.stem}.jsonl"
+    try:
+        if out.resolve() == file.resolve():
+            raise BatchInputError(f"OUT {out} is the question file itself; choose another -o")
+        questions, bad = read_questions(file)
+        if not questions and not bad:
+            raise BatchInputError(f"{file}: no questions in it")
+        existing = load_output(out, echo=lambda m: click.echo(m, err=True))
+    except BatchInputError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    for b in bad:
+        click.echo(f"{file}:{b.line}: {b.reason} (recorded as an error)", err=True)
+    versions = {r["store_version"] for r in existing if r.get("store_version") is not None}
+    pinned = versions.pop() if len(versions) == 1 else None
+    if pinned is not None:
+        click.echo(f"Resuming at store version {pinned}, the version the earlier records read.", err=True)
+    try:
+        answer_fn, meta = build_answer_fn(settings, rpm=rpm, store_version=pinned)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.message}", err=True)
+        sys.exit(EXIT_USAGE)
+    result = run_batch(questions, out, answer_fn, concurrency=concurrency, retry_errors=retry_errors,
+                       bad_lines=bad, meta=meta, progress=progress)
+    click.echo(format_summary(result.summary, out))
+    if result.interrupted:
+        resume = f"analyze batch {shlex.quote(str(file))} -o {shlex.quote(str(out))}"
+        click.echo(f"Interrupted: {result.summary['remaining']} questions left. Resume with the same command: "
+                   f"{resume} (plus your other options).", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    wanted = {key(q.id) for q in questions}
+    failed = any(r["status"] != "ok" for r in load_output(out) if key(r["id"]) in wanted) or bad
+    sys.exit(EXIT_ERRORS if failed else EXIT_OK)
