@@ -12,6 +12,7 @@ for _name, _value in {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "SCARF_NO_ANALYTICS": "true",
     "DO_NOT_TRACK": "true",
+    "UNSTRUCTURED_DISABLE_NOTICE": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(_name, _value)

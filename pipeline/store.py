@@ -1,0 +1,272 @@
+"""Archival memory on disk: LanceDB tables `chunks` and `documents`, the settings that built them, and search."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import pyarrow as pa
+
+from pipeline.types import Hit, SearchResult
+
+CHUNKS = "chunks"
+DOCUMENTS = "documents"
+META_FILE = "pagefault.json"
+MODES = ("hybrid", "vector", "fts")
+VECTOR_INDEX_MIN_ROWS = 50_000  # below this a flat scan is faster than an IVF index pays back
+MAX_MATCHES = 1000  # the most matches counted per retriever when reporting totals
+MIN_SIMILARITY = 0.25  # cosine similarity from which a vector neighbour counts as a match
+
+
+class StoreError(Exception):
+    """A store that is missing, or was built with settings other than the ones asked for."""
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """What built the store: a later ingest with other settings must not mix vectors."""
+
+    embedder: str
+    dim: int
+    chunk_tokens: int
+    chunk_overlap: int
+
+    def mismatch(self, other: "StoreMeta") -> list[str]:
+        return [f"{k}: store has {getattr(self, k)!r}, asked for {getattr(other, k)!r}"
+                for k in ("embedder", "dim", "chunk_tokens", "chunk_overlap") if getattr(self, k) != getattr(other, k)]
+
+
+def chunk_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field("chunk_id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("page", pa.int32()),
+        pa.field("page_end", pa.int32()),
+        pa.field("heading", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("content_hash", pa.string()),
+        pa.field("ordinal", pa.int32()),
+        pa.field("vector", pa.list_(pa.float32(), dim)),
+    ])
+
+
+DOCUMENT_SCHEMA = pa.schema([
+    pa.field("path", pa.string()),
+    pa.field("sha256", pa.string()),
+    pa.field("size", pa.int64()),
+    pa.field("mtime_ns", pa.int64()),
+    pa.field("pages", pa.int32()),
+    pa.field("chunks", pa.int32()),
+    pa.field("status", pa.string()),  # "ok" or "failed"
+    pa.field("error", pa.string()),
+    pa.field("ingested_at", pa.string()),
+])
+
+
+def sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class Archive:
+    """A LanceDB store of document chunks. Open read-only with `Archive.open`, for writing with `Archive.create`."""
+
+    def __init__(self, path: Path, db, meta: StoreMeta, *, embedder=None) -> None:
+        self.path = path
+        self.db = db
+        self.meta = meta
+        self._embedder = embedder
+        self.chunks = db.open_table(CHUNKS)
+        self.documents = db.open_table(DOCUMENTS)
+
+    # --- opening ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path | str, *, version: int | None = None, embedder=None) -> "Archive":
+        """Open an existing store; `version` pins the chunks table to one LanceDB version (reproducible reads)."""
+        path = Path(path)
+        meta = read_meta(path)
+        if meta is None:
+            raise StoreError(f"no archive at {path}: run `analyze ingest DIR` first (or pass --store)")
+        archive = cls(path, lancedb.connect(str(path)), meta, embedder=embedder)
+        if version is not None:
+            archive.chunks.checkout(version)
+        return archive
+
+    @classmethod
+    def create(cls, path: Path | str, meta: StoreMeta, *, embedder=None, rebuild: bool = False) -> "Archive":
+        """Open a store for ingest, creating it if needed. Different settings are an error unless `rebuild`."""
+        path = Path(path)
+        existing = read_meta(path)
+        if existing is not None and existing != meta:
+            if not rebuild:
+                raise StoreError("the store at {} was built with other settings ({}); rerun with --rebuild to "
+                                 "re-embed everything".format(path, "; ".join(existing.mismatch(meta))))
+        path.mkdir(parents=True, exist_ok=True)
+        db = lancedb.connect(str(path))
+        names = set(db.list_tables().tables) if hasattr(db.list_tables(), "tables") else set(db.table_names())
+        if rebuild or existing != meta:
+            for name in (CHUNKS, DOCUMENTS):
+                if name in names:
+                    db.drop_table(name)
+            names = set()
+        if CHUNKS not in names:
+            db.create_table(CHUNKS, schema=chunk_schema(meta.dim))
+        if DOCUMENTS not in names:
+            db.create_table(DOCUMENTS, schema=DOCUMENT_SCHEMA)
+        write_meta(path, meta)
+        return cls(path, db, meta, embedder=embedder)
+
+    @property
+    def version(self) -> int:
+        return int(self.chunks.version)
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from pipeline.embed import Embedder
+
+            self._embedder = Embedder(self.meta.embedder)
+        return self._embedder
+
+    def count(self) -> int:
+        return int(self.chunks.count_rows())
+
+    # --- documents ---------------------------------------------------------------------------------------------
+
+    def document_rows(self) -> dict[str, dict[str, Any]]:
+        return {row["path"]: row for row in self.documents.to_arrow().to_pylist()}
+
+    def vectors_for(self, sources: list[str]) -> dict[str, Any]:
+        """content_hash -> vector of the chunks already stored for `sources` (reused when re-ingesting)."""
+        if not sources:
+            return {}
+        rows = (self.chunks.search().where(f"source IN ({', '.join(map(sql_str, sources))})")
+                .select(["content_hash", "vector"]).limit(None).to_arrow())
+        return dict(zip(rows["content_hash"].to_pylist(), rows["vector"].to_numpy(zero_copy_only=False)))
+
+    def write(self, chunk_rows: pa.Table | None, *, replace_sources: list[str], documents: list[dict[str, Any]]) -> None:
+        """Replace the chunks of `replace_sources`, add `chunk_rows`, then upsert `documents` (the commit point).
+
+        A document row marked ok is written only after all its chunks, and its old chunks are always deleted
+        before new ones land, so a crash at any moment leaves nothing that a rerun would duplicate.
+        """
+        if replace_sources:
+            self.chunks.delete(f"source IN ({', '.join(map(sql_str, replace_sources))})")
+        if chunk_rows is not None and chunk_rows.num_rows:
+            self.chunks.add(chunk_rows)
+        if documents:
+            table = pa.Table.from_pylist(documents, schema=DOCUMENT_SCHEMA)
+            (self.documents.merge_insert("path").when_matched_update_all().when_not_matched_insert_all()
+             .execute(table))
+
+    def delete_documents(self, paths: list[str]) -> None:
+        if paths:
+            listed = ", ".join(map(sql_str, paths))
+            self.chunks.delete(f"source IN ({listed})")
+            self.documents.delete(f"path IN ({listed})")
+
+    def refresh_indexes(self) -> None:
+        """Build the full-text index (and the vector index once the table is large); fold new rows into them."""
+        from lancedb.index import FTS, BTree, IvfPq
+
+        names = {index.name: index for index in self.chunks.list_indices()}
+        rows = self.count()
+        if not any("text" in index.columns for index in names.values()):
+            self.chunks.create_index("text", config=FTS(with_position=True), replace=True)
+        if not any("source" in index.columns for index in names.values()):
+            self.chunks.create_index("source", config=BTree(), replace=True)
+        has_vector_index = any("vector" in index.columns for index in names.values())
+        if rows >= VECTOR_INDEX_MIN_ROWS and not has_vector_index:
+            self.chunks.create_index("vector", config=IvfPq(distance_type="cosine",
+                                                            num_sub_vectors=max(1, self.meta.dim // 8)))
+        self.chunks.optimize()
+        self.documents.optimize()
+
+    # --- search --------------------------------------------------------------------------------------------------
+
+    def search(self, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult:
+        """Rank chunks for `query` and return page `page` (0-based) of `top_k` hits, with the total of matches.
+
+        vector: cosine similarity; a chunk counts as a match from MIN_SIMILARITY. fts: BM25 over the text.
+        hybrid: both lists fused by reciprocal rank (LanceDB's RRF reranker); total is their union.
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        if top_k < 1 or page < 0:
+            raise ValueError("top_k must be at least 1 and page at least 0")
+        query = " ".join(query.split())
+        if not query:
+            return SearchResult(query, [], 0, page, top_k)
+        want = (page + 1) * top_k
+        ranked: pa.Table
+        if mode == "vector":
+            ranked = self._vector(query, MAX_MATCHES)
+            total = ranked.num_rows
+        elif mode == "fts":
+            ranked = self._fts(query, MAX_MATCHES)
+            total = ranked.num_rows
+        else:
+            vector, fts = self._vector(query, MAX_MATCHES), self._fts(query, MAX_MATCHES)
+            total = len(set(vector["chunk_id"].to_pylist()) | set(fts["chunk_id"].to_pylist()))
+            ranked = self._fuse(query, vector, fts, want)
+        rows = ranked.slice(page * top_k, top_k).to_pylist() if ranked.num_rows > page * top_k else []
+        return SearchResult(query, [self._hit(row, mode) for row in rows], total, page, top_k)
+
+    _COLUMNS = ["chunk_id", "source", "page", "page_end", "heading", "text"]
+
+    def _vector(self, query: str, limit: int) -> pa.Table:
+        vector = self.embedder.encode([query])[0]
+        return (self.chunks.search(vector, vector_column_name="vector").distance_type("cosine")
+                .distance_range(upper_bound=1.0 - MIN_SIMILARITY).select([*self._COLUMNS, "_distance"]).limit(limit)
+                .with_row_id(True).to_arrow())
+
+    def _fts(self, query: str, limit: int) -> pa.Table:
+        from lancedb.query import MatchQuery
+
+        try:
+            return (self.chunks.search(MatchQuery(query, "text"), query_type="fts").select([*self._COLUMNS, "_score"])
+                    .limit(limit).with_row_id(True).to_arrow())
+        except Exception as exc:
+            if "no inverted index" in str(exc).lower() or "index" in str(exc).lower():
+                self.refresh_indexes()
+                return self._fts(query, limit)
+            raise
+
+    @staticmethod
+    def _fuse(query: str, vector: pa.Table, fts: pa.Table, limit: int) -> pa.Table:
+        from lancedb.rerankers import RRFReranker
+
+        if not vector.num_rows or not fts.num_rows:
+            ranked = vector if vector.num_rows else fts
+            return ranked.slice(0, limit)
+        return RRFReranker(return_score="relevance").rerank_hybrid(query, vector, fts).slice(0, limit)
+
+    @staticmethod
+    def _hit(row: dict[str, Any], mode: str) -> Hit:
+        if "_relevance_score" in row:
+            score = row["_relevance_score"]
+        elif "_distance" in row and row["_distance"] is not None:
+            score = 1.0 - row["_distance"]
+        else:
+            score = row.get("_score") or 0.0
+        return Hit(chunk_id=row["chunk_id"], source=row["source"], page=row["page"], page_end=row["page_end"],
+                   heading=row["heading"] or "", text=row["text"], score=round(float(score), 6))
+
+
+def read_meta(path: Path) -> StoreMeta | None:
+    try:
+        data = json.loads((Path(path) / META_FILE).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return StoreMeta(**{key: data[key] for key in StoreMeta.__dataclass_fields__})
+
+
+def write_meta(path: Path, meta: StoreMeta) -> None:
+    tmp = Path(path) / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta.__dict__ | {"written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    os.replace(tmp, Path(path) / META_FILE)
