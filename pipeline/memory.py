@@ -196,7 +196,7 @@ class Budget:
 
     @classmethod
     def for_window(cls, window: int) -> "Budget":
-        return cls(window, reply=max(256, min(1024, window // 8)), summary=max(128, min(512, window // 16)))
+        return cls(window, reply=max(256, min(768, window // 10)), summary=max(128, min(512, window // 16)))
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Test doubles shared by tests and benchmarks: a scripted chat client and a fake OpenAI-compatible server.
 
 `ScriptedChatClient` replays a queue of replies and records every request it was sent.
+`FakeRetriever` stands in for the Archive's `search` with exact totals and paging.
 `FakeEndpoint` is a real HTTP server on 127.0.0.1 serving `/v1/chat/completions`, driven by a Python
 callable, so that the real `openai` client (retries, parsing, timeouts) can be exercised end to end.
 """
@@ -10,13 +11,15 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 
 from pipeline.llm import ChatReply, LLMError, ToolCall
+from pipeline.types import Hit, SearchResult
 
 _ids = itertools.count(1)
 
@@ -218,3 +221,30 @@ class FakeEndpoint:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None
+
+
+# ------------------------------------------------------------------------------------------- retriever
+
+def make_hit(chunk_id: str, text: str, *, source: str = "doc.txt", page: int | None = 1) -> Hit:
+    """A `Hit` for tests; score is filled in by `FakeRetriever`."""
+    return Hit(chunk_id=chunk_id, source=source, page=page, page_end=page, heading="", text=text, score=0.0)
+
+
+class FakeRetriever:
+    """An in-memory `Retriever`: hits whose text shares a word with the query, best first, paged exactly.
+
+    `total` is the true number of matches and `page` slices them `top_k` at a time; every call is
+    recorded in `calls` as (query, mode, top_k, page).
+    """
+
+    def __init__(self, hits: Iterable[Hit]) -> None:
+        self.hits = list(hits)
+        self.calls: list[tuple[str, str, int, int]] = []
+
+    def search(self, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult:
+        self.calls.append((query, mode, top_k, page))
+        terms = set(re.findall(r"\w+", query.lower()))
+        scored = [(len(terms & set(re.findall(r"\w+", h.text.lower()))), -i, h) for i, h in enumerate(self.hits)]
+        ranked = [replace(h, score=float(s)) for s, _, h in sorted(scored, key=lambda t: t[:2], reverse=True) if s]
+        return SearchResult(query=query, hits=ranked[page * top_k:(page + 1) * top_k], total=len(ranked),
+                            page=page, top_k=top_k)

@@ -2,9 +2,10 @@
 
 The LLM's own tokenizer is not available offline (the local embedder's WordPiece vocabulary is a
 different tokenizer), so counts are a deliberately conservative estimate: letter runs cost one token
-per 4 letters, every digit and every symbol one token (hex ids and numbers tokenize badly), newlines
-one each, plus a per-message overhead for the chat template. `TokenCounter.observe` corrects the
-estimate upward whenever the endpoint's reported `prompt_tokens` shows it was too low.
+per 4 letters, every digit one token (hex ids and numbers tokenize badly), symbol runs one per two
+characters, newlines one each, plus a per-message overhead for the chat template.
+`TokenCounter.observe` corrects the estimate upward whenever the endpoint's reported `prompt_tokens`
+shows it was too low.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import threading
 from typing import Any
 
-_PIECES = re.compile(r"[A-Za-z]+|[0-9]|[ \t]+|\n|[^\sA-Za-z0-9]|\s")
+_PIECES = re.compile(r"[A-Za-z]+|[0-9]|[ \t]+|\n|[!-/:-@\[-`{-~]+|[^\sA-Za-z0-9]|\s")
 MESSAGE_OVERHEAD = 6  # role markers and separators of a chat template
 REQUEST_OVERHEAD = 8  # the assistant prefix and template boilerplate
 SAFETY = 1.1
@@ -32,7 +33,7 @@ def estimate_text(text: str) -> int:
         elif first in " \t":
             count += (len(piece) - 1) // 2  # one space rides on the next word; indentation costs
         elif first.isascii():
-            count += 1
+            count += math.ceil(len(piece) / 2)  # symbol runs such as `":{"` merge into few tokens
         else:
             count += max(1, len(piece.encode()) - 1)  # non-ASCII: up to one token per UTF-8 byte
     return math.ceil(count * SAFETY)
