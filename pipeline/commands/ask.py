@@ -1,0 +1,77 @@
+"""`analyze ask "question"`: answer one question with the memory-paging agent, with cited sources."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from pipeline.cli import store_option
+from pipeline.types import Answer
+
+
+def open_archive(store: str) -> Any:
+    """The archive at `store`, or a one-line `ClickException` when there is none."""
+    from pipeline.store import Archive, StoreError
+
+    try:
+        return Archive.open(store)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def format_answer(result: Answer) -> str:
+    """The answer, then numbered sources as `file, page N`."""
+    lines = [result.answer.strip() or "(no answer)"]
+    if result.citations:
+        lines += ["", "Sources:"]
+        for number, citation in enumerate(result.citations, start=1):
+            where = f", page {citation.page}" if citation.page is not None else ""
+            lines.append(f"  [{number}] {citation.source}{where}")
+    return "\n".join(lines)
+
+
+@click.command("ask")
+@click.argument("question")
+@store_option
+@click.option("--model", envvar="ANALYZE_MODEL", help="Model name sent to the endpoint (env ANALYZE_MODEL).")
+@click.option("--context-window", type=click.IntRange(1024), envvar="ANALYZE_CONTEXT_WINDOW",
+              help="Token budget of every request, reply included (env ANALYZE_CONTEXT_WINDOW; default 8192).")
+@click.option("--tool-mode", type=click.Choice(["tools", "json"]), envvar="ANALYZE_TOOL_MODE",
+              help="tools: native tool calls (default); json: one JSON object per step, constrained by "
+                   "response_format (for servers whose tool calls are unreliable).")
+@click.option("--max-steps", type=click.IntRange(1), default=12, show_default=True,
+              help="Function-calling steps before one final forced answer step.")
+@click.option("--top-k", type=click.IntRange(1, 50), default=5, show_default=True, help="Search hits per page.")
+@click.option("--session", help="Keep working memory and conversation across invocations under this name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole answer as one JSON object.")
+@click.option("--trace", is_flag=True, help="Show every step live on stderr.")
+def command(question: str, store: str, model: str | None, context_window: int | None, tool_mode: str | None,
+            max_steps: int, top_k: int, session: str | None, as_json: bool, trace: bool) -> None:
+    """Answer QUESTION from archival memory; prints the answer and its numbered sources.
+
+    The endpoint is any OpenAI-compatible server: OPENAI_BASE_URL and OPENAI_API_KEY.
+    """
+    from pipeline.agent import answer
+    from pipeline.config import Settings
+    from pipeline.llm import LLMError, make_client
+
+    if not question.strip():
+        raise click.UsageError("the question is empty")
+    settings = Settings.from_env(store=store, model=model, context_window=context_window, tool_mode=tool_mode,
+                                 max_steps=max_steps)
+    settings = settings.with_(extra={**settings.extra, "top_k": str(top_k)})
+    log = (lambda line: click.echo(line, err=True)) if trace else None
+    try:
+        client = make_client(settings, on_retry=log)
+    except LLMError as exc:
+        raise click.ClickException(str(exc)) from exc
+    archive = open_archive(store)
+    result = answer(question, retriever=archive, client=client, settings=settings, session=session, trace=log)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    elif result.status == "ok":
+        click.echo(format_answer(result))
+    if result.status != "ok":
+        raise click.ClickException(f"no answer: {result.error}")
