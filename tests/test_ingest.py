@@ -1,0 +1,151 @@
+"""Ingest into a real LanceDB with real embeddings: incremental runs, bad input, settings guard, crash safety."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import write_pdf, write_tiny_corpus
+from pipeline.config import Settings
+from pipeline.ingest import ingest_directory
+from pipeline.store import Archive, StoreError
+
+pytestmark = pytest.mark.slow
+
+
+def snapshot(store: Path) -> tuple[list, list]:
+    archive = Archive.open(store)
+    chunks = sorted((r["chunk_id"], r["source"], r["page"], r["ordinal"], r["content_hash"])
+                    for r in archive.chunks.to_arrow().select(
+                        ["chunk_id", "source", "page", "ordinal", "content_hash"]).to_pylist())
+    docs = sorted((r["path"], r["sha256"], r["status"], r["chunks"]) for r in archive.document_rows().values())
+    return chunks, docs
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_tiny_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings.from_env(store=tmp_path / "store")
+
+
+def test_first_ingest_stores_chunks_with_provenance(corpus, settings, embedder):
+    report = ingest_directory(corpus, settings, progress=False, embedder=embedder)
+    assert (report.new, report.failed, report.pages) == (4, 0, 3)
+    archive = Archive.open(settings.store, embedder=embedder)
+    rows = archive.chunks.to_arrow().to_pylist()
+    assert report.chunks == len(rows) == archive.count()
+    pdf = sorted((r["page"], r["heading"]) for r in rows if r["source"] == "manual.pdf")
+    assert pdf == [(1, "Installation"), (2, "Specifications"), (3, "Maintenance")]
+    assert {r["source"] for r in rows} == {"orbit.txt", "notes/llamas.md", "menu.html", "manual.pdf"}
+    assert all(r["text"].strip() and len(r["vector"]) == 384 for r in rows)
+    assert len({r["chunk_id"] for r in rows}) == len(rows)
+
+
+def test_rerun_skips_unchanged_edit_reembeds_only_changed_and_removal_deletes(corpus, settings, embedder):
+    ingest_directory(corpus, settings, progress=False, embedder=embedder)
+    before, _ = snapshot(settings.store)
+
+    again = ingest_directory(corpus, settings, progress=False, embedder=embedder)
+    assert (again.unchanged, again.new, again.changed, again.chunks) == (4, 0, 0, 0)
+    assert snapshot(settings.store)[0] == before
+
+    os.utime(corpus / "orbit.txt", ns=(1, 1))  # touched, same content: still unchanged, nothing embedded
+    touched = ingest_directory(corpus, settings, progress=False, embedder=embedder)
+    assert (touched.unchanged, touched.embedded) == (4, 0)
+
+    write_pdf(corpus / "manual.pdf", ["Chapter one covers the installation of the pump.",
+                                      "The maximum pressure of the Hydra-7 pump is 55 bar.",
+                                      "Maintenance: replace the seals every 500 hours."],
+              outline={1: "Installation", 2: "Specifications", 3: "Maintenance"})
+    edited = ingest_directory(corpus, settings, progress=False, embedder=embedder)
+    assert (edited.changed, edited.chunks, edited.embedded) == (1, 3, 1)  # only page 2 is new text
+    archive = Archive.open(settings.store, embedder=embedder)
+    assert "55 bar" in archive.search("maximum pressure Hydra-7", top_k=1).hits[0].text
+    assert archive.search("42", mode="fts").total == 0  # the old text is gone from the index too
+
+    (corpus / "menu.html").unlink()
+    removed = ingest_directory(corpus, settings, progress=False, embedder=embedder)
+    assert removed.removed == 1
+    assert "menu.html" not in {s for _, s, *_ in snapshot(settings.store)[0]}
+    assert "menu.html" not in Archive.open(settings.store).document_rows()
+
+
+def test_bad_files_are_reported_recorded_and_the_rest_lands(corpus, settings, embedder):
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.7\n garbage")
+    write_pdf(corpus / "locked.pdf", ["secret"], password="pw")
+    (corpus / "empty.md").write_text("")
+    (corpus / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    (corpus / "old.txt").write_bytes("Der Bäcker öffnet um sechs Uhr früh.".encode("latin-1"))
+    seen = []
+    report = ingest_directory(corpus, settings, progress=False, embedder=embedder,
+                              on_failure=lambda path, reason: seen.append(path))
+    assert sorted(seen) == ["broken.pdf", "empty.md", "locked.pdf", "photo.jpg"]
+    assert report.new == 5
+    docs = Archive.open(settings.store).document_rows()
+    assert docs["locked.pdf"]["status"] == "failed" and "encrypted" in docs["locked.pdf"]["error"]
+    assert docs["photo.jpg"]["error"] == "unsupported file type .jpg"
+    archive = Archive.open(settings.store, embedder=embedder)
+    assert "Bäcker" in archive.search("Bäcker", mode="fts").hits[0].text
+
+
+def test_settings_change_is_refused_unless_rebuild(corpus, settings, embedder):
+    ingest_directory(corpus, settings, progress=False, embedder=embedder)
+    other = settings.with_(chunk_tokens=100)
+    with pytest.raises(StoreError, match="chunk_tokens.*--rebuild"):
+        ingest_directory(corpus, other, progress=False, embedder=embedder)
+    report = ingest_directory(corpus, other, progress=False, embedder=embedder, rebuild=True)
+    assert report.new == 4
+    assert Archive.open(settings.store).meta.chunk_tokens == 100
+
+
+def test_chunks_longer_than_the_model_are_refused(corpus, settings, embedder):
+    with pytest.raises(ValueError, match="truncated"):
+        ingest_directory(corpus, settings.with_(chunk_tokens=400), progress=False, embedder=embedder)
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import pipeline.ingest as ingest
+    from pipeline.config import Settings
+    from pipeline.store import Archive
+    ingest.WRITE_BATCH = 1
+    calls = {"n": 0}
+    original = Archive.write
+    def write(self, rows, *, replace_sources, documents):
+        calls["n"] += 1
+        if calls["n"] == int(sys.argv[3]) and sys.argv[4] == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if replace_sources:
+            self.chunks.delete("source IN ({})".format(", ".join("'%s'" % s for s in replace_sources)))
+        if rows is not None and rows.num_rows:
+            self.chunks.add(rows)
+        if calls["n"] == int(sys.argv[3]) and sys.argv[4] == "mid":
+            os.kill(os.getpid(), signal.SIGKILL)  # chunks landed, their document rows did not
+        original(self, None, replace_sources=[], documents=documents)
+    Archive.write = write
+    ingest.ingest_directory(sys.argv[1], Settings.from_env(store=sys.argv[2]), progress=False)
+""")
+
+
+@pytest.mark.parametrize("when, at", [("mid", 3), ("before", 5)])
+def test_sigkill_then_rerun_equals_a_clean_run(corpus, tmp_path, embedder, when, at):
+    write_pdf(corpus / "long.pdf", [f"Page {i} describes valve {i} and its torque of {i * 3} Nm." for i in range(1, 9)])
+    clean = Settings.from_env(store=tmp_path / "clean")
+    ingest_directory(corpus, clean, progress=False, embedder=embedder)
+
+    crashed = tmp_path / "crashed"
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(corpus), str(crashed), str(at), when],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    ingest_directory(corpus, Settings.from_env(store=crashed), progress=False, embedder=embedder)
+    assert snapshot(crashed) == snapshot(clean.store)
