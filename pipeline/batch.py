@@ -119,13 +119,18 @@ def summary_path(out: Path) -> Path:
     return out.with_suffix(".summary.json")
 
 
-def load_output(out: Path, *, echo: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
-    """Read the records already in `out`, truncating a torn last line (from a kill mid-write) in place."""
+def load_output(out: Path, *, echo: Callable[[str], None] = lambda s: None, repair: bool = True) -> list[dict[str, Any]]:
+    """Read the records already in `out`, truncating a torn last line (from a kill mid-write) in place.
+
+    With `repair=False` the file is left as it is and a torn last line is just ignored.
+    """
     if not out.exists():
         return []
     data = out.read_bytes()
     cut = data.rfind(b"\n") + 1
-    if cut < len(data):  # the last write never got its newline: the record is incomplete
+    if cut < len(data) and not repair:
+        data = data[:cut]
+    elif cut < len(data):  # the last write never got its newline: the record is incomplete
         with out.open("r+b") as fh:
             fh.truncate(cut)
         echo(f"Repaired {out}: dropped a torn last line ({len(data) - cut} bytes); that question will be redone.")

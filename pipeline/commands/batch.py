@@ -23,8 +23,6 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
     from pipeline.batch import RateLimitedClient, RateLimiter
     from pipeline.llm import LLMError, make_client
 
-    if not Path(settings.store).exists():
-        raise click.ClickException(f"no archive at {settings.store}: run `analyze ingest DIR` first (or pass --store)")
     try:
         client = make_client(settings)
     except LLMError as exc:
@@ -32,12 +30,14 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
     if rpm:
         client = RateLimitedClient(client, RateLimiter(rpm))
     from pipeline.agent import answer
-    from pipeline.store import Archive
+    from pipeline.store import Archive, StoreError
 
     try:
         archive = Archive.open(settings.store, version=store_version)
         if store_version is None:  # pin the latest version now, so ingest running beside us changes nothing
             archive = Archive.open(settings.store, version=archive.version)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:  # a missing version, a corrupt store: say what and where
         raise click.ClickException(f"cannot open the archive at {settings.store}: {exc}") from None
 

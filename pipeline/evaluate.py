@@ -1,0 +1,214 @@
+"""Scoring batch output against gold answers, and the eval report (table, markdown, PNG chart).
+
+Metrics, per record:
+- `exact_match`: the normalized prediction equals a normalized gold answer.
+- `best_subspan_em` (Liu et al., "Lost in the Middle", followed by MemGPT's document QA): a gold answer
+  counts when its normalized form occurs inside the normalized prediction.
+- abstention: on questions marked `unanswerable`, the answer is correct when it declines to answer
+  (detected from phrases such as "not mentioned" or "could not find").
+- citation page recall: the share of gold `pages` that the answer's citations name.
+A record is *correct* when it is ok and either matches a gold answer (subspan) or, if unanswerable,
+abstains. Error records count as wrong; records with no gold are not graded.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+NO_CATEGORY = "(none)"
+_PUNCT = set(string.punctuation + "‘’´`")
+_ABSTAIN = re.compile("|".join([
+    r"\b(?:do|does|did|can|could|was|am|is|are)\s*(?:not|n't)\s+(?:find|locate|determine|answer|know|"
+    r"say|tell|contain|mention|state|include|specify|provide|appear|exist)",
+    r"\b(?:cannot|unable to|not able to)\s+(?:find|locate|determine|answer|know|say|tell)",
+    r"\bnot\s+(?:mentioned|stated|specified|found|covered|provided|available|given|present|included|addressed)\b",
+    r"\b(?:no|not enough|insufficient)\s+(?:information|mention|evidence|data|record|details|answer)\b",
+    r"\bunanswerable\b",
+]), re.IGNORECASE)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case; punctuation and underscores to spaces; drop articles; collapse whitespace (Lost in the Middle)."""
+    text = text.replace("_", " ").lower()
+    text = "".join(" " if ch in _PUNCT else ch for ch in text)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _golds(answers: Iterable[str]) -> list[str]:
+    return [g for g in (normalize_answer(a) for a in answers) if g]
+
+
+def exact_match(prediction: str, answers: Iterable[str]) -> bool:
+    """The normalized prediction equals one of the normalized gold answers."""
+    pred = normalize_answer(prediction)
+    return any(pred == g for g in _golds(answers))
+
+
+def best_subspan_em(prediction: str, answers: Iterable[str]) -> bool:
+    """Some normalized gold answer is a substring of the normalized prediction (empty golds never match)."""
+    pred = normalize_answer(prediction)
+    return any(g in pred for g in _golds(answers))
+
+
+def is_abstention(answer: str) -> bool:
+    """The answer declines: says the archive does not hold it, that it cannot be found, and the like."""
+    return bool(_ABSTAIN.search(answer or ""))
+
+
+def page_recall(citations: list[dict[str, Any]], gold_pages: list[Any]) -> float | None:
+    """Share of gold pages cited. A gold page is an int (any source) or {"source", "page"}; None when no gold."""
+    if not gold_pages:
+        return None
+    cited = [(str(c.get("source") or ""), c.get("page")) for c in citations or []]
+
+    def found(gold: Any) -> bool:
+        if isinstance(gold, dict):
+            src = str(gold.get("source") or "")
+            return any(page == gold.get("page") and (s == src or s.endswith("/" + src) or src.endswith("/" + s))
+                       for s, page in cited)
+        return any(page == gold for _, page in cited)
+
+    return sum(found(g) for g in gold_pages) / len(gold_pages)
+
+
+@dataclass(frozen=True)
+class RecordScore:
+    id: Any
+    category: str
+    graded: bool  # has gold answers or is marked unanswerable
+    unanswerable: bool
+    error: bool
+    exact: bool
+    subspan: bool
+    abstained: bool
+    correct: bool
+    page_recall: float | None
+    steps: int
+
+
+def score_record(record: dict[str, Any]) -> RecordScore:
+    """Score one batch record against its `gold` (answers, unanswerable, pages, category)."""
+    gold = record.get("gold") or {}
+    answers = [str(a) for a in gold.get("answers") or []]
+    unanswerable = bool(gold.get("unanswerable"))
+    ok = record.get("status") == "ok"
+    prediction = str(record.get("answer") or "") if ok else ""
+    exact = ok and exact_match(prediction, answers)
+    subspan = ok and best_subspan_em(prediction, answers)
+    abstained = ok and is_abstention(prediction)
+    return RecordScore(
+        id=record.get("id"), category=str(gold.get("category") or NO_CATEGORY),
+        graded=unanswerable or bool(answers), unanswerable=unanswerable, error=not ok, exact=exact,
+        subspan=subspan, abstained=abstained, correct=abstained if unanswerable else subspan,
+        page_recall=page_recall(record.get("citations") or [], gold.get("pages") or []),
+        steps=len(record.get("steps") or []))
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def aggregate(scores: list[RecordScore]) -> dict[str, Any]:
+    """Rates over a group of records (None where the group has nothing to measure)."""
+    graded = [s for s in scores if s.graded]
+    answerable = [s for s in graded if not s.unanswerable]
+    unanswerable = [s for s in graded if s.unanswerable]
+    recalls = [s.page_recall for s in scores if s.page_recall is not None]
+    return {
+        "n": len(scores), "graded": len(graded), "errors": sum(s.error for s in scores),
+        "accuracy": _mean([float(s.correct) for s in graded]),
+        "exact_match": _mean([float(s.exact) for s in answerable]),
+        "best_subspan_em": _mean([float(s.subspan) for s in answerable]),
+        "abstention": _mean([float(s.abstained) for s in unanswerable]),
+        "false_abstention": _mean([float(s.abstained) for s in answerable]),
+        "page_recall": _mean(recalls),
+        "steps_mean": _mean([float(s.steps) for s in scores]),
+    }
+
+
+def evaluate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Overall and per-category aggregates for batch records (categories sorted by name)."""
+    scores = [score_record(r) for r in records]
+    categories = sorted({s.category for s in scores})
+    return {"overall": aggregate(scores),
+            "categories": {c: aggregate([s for s in scores if s.category == c]) for c in categories}}
+
+
+COLUMNS = [("n", "n"), ("accuracy", "accuracy"), ("exact_match", "EM"), ("best_subspan_em", "subspan EM"),
+           ("abstention", "abstention"), ("page_recall", "page recall"), ("steps_mean", "steps"),
+           ("errors", "errors")]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _rows(report: dict[str, Any]) -> list[list[str]]:
+    groups = list(report["categories"].items()) if len(report["categories"]) > 1 else []
+    return [[name] + [_cell(agg[k]) for k, _ in COLUMNS] for name, agg in groups + [("overall", report["overall"])]]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A fixed-width text table: one row per category, then overall."""
+    header = ["category"] + [title for _, title in COLUMNS]
+    rows = [header] + _rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def report_paths(out: Path) -> tuple[Path, Path]:
+    """`outputs/demo.jsonl` -> (`outputs/demo.eval.md`, `outputs/demo.eval.png`)."""
+    return out.with_suffix(".eval.md"), out.with_suffix(".eval.png")
+
+
+def write_report(report: dict[str, Any], out: Path, *, title: str | None = None) -> tuple[Path, Path]:
+    """Write the markdown report and the accuracy-by-category PNG next to `out`; returns their paths."""
+    md_path, png_path = report_paths(out)
+    _write_chart(report, png_path, title or out.name)
+    header = ["category"] + [title for _, title in COLUMNS]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table += ["| " + " | ".join(row) + " |" for row in _rows(report)]
+    md = [f"# Evaluation of `{out.name}`" if title is None else f"# {title}", "",
+          f"{report['overall']['n']} records, {report['overall']['graded']} with gold answers, "
+          f"{report['overall']['errors']} errors.", "", *table, "",
+          "- accuracy: graded records answered correctly (best_subspan_em on answerable questions, "
+          "abstention on unanswerable ones); error records count as wrong.",
+          "- EM: normalized exact match; subspan EM: a normalized gold answer occurs in the normalized answer "
+          "(Liu et al., \"Lost in the Middle\").",
+          "- abstention: unanswerable questions where the answer declined; page recall: gold pages cited.",
+          "- steps: mean agent function calls per question.", "", f"![accuracy by category]({png_path.name})", ""]
+    md_path.write_text("\n".join(md), encoding="utf-8")
+    return md_path, png_path
+
+
+def _write_chart(report: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(report["categories"].items()) + [("overall", report["overall"])]
+    names = [name for name, _ in groups]
+    values = [agg["accuracy"] or 0.0 for _, agg in groups]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 1.5), 3.6))
+    bars = ax.bar(names, values, color=["#4c72b0"] * (len(names) - 1) + ["#55a868"])
+    for bar, (_, agg) in zip(bars, groups):
+        label = "-" if agg["accuracy"] is None else f"{agg['accuracy']:.2f}\nn={agg['graded']}"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Accuracy by category: {title}", fontsize=10)
+    ax.tick_params(axis="x", labelrotation=30 if len(names) > 5 else 0, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
