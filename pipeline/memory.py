@@ -252,8 +252,8 @@ class Context:
         """The messages of the next request, after any pressure alert and evictions needed to fit."""
         self.queue_room(tools, response_format)
         window = self.budget.window
-        if not self.alerted and self.request_tokens(tools, response_format) > PRESSURE * window:
-            used = self.request_tokens(tools, response_format)
+        used = self.request_tokens(tools, response_format)
+        if not self.alerted and PRESSURE * window < used <= window:  # past the mark but not yet evicting
             self.alerted = True
             self.append({"role": "user", "content": (
                 f"{ALERT_PREFIX} Memory pressure: the context window is {100 * used // window}% full. The "
