@@ -42,6 +42,8 @@ from pipeline.config import Settings
 LOCAL_EXTRA_HINT = "pip install '.[local]'  (or run `make demo`, which installs it)"
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 LOCAL_API_KEY = "local"  # the server checks no key, but the openai client insists on one
+# One request at a time on a CPU: a long prompt, or one queued behind another, takes minutes, not seconds.
+LOCAL_REQUEST_TIMEOUT_S = 900.0
 
 
 class LocalLLMError(click.ClickException):
@@ -496,8 +498,11 @@ def llm_endpoint(settings: Settings, *, llm: str = "auto", local_model: Path | s
                  echo: Callable[[str], None] | None = None) -> Iterator[Settings]:
     """Yield the settings to build the `openai` client from; for a local LLM, with its server running.
 
-    Local: base_url/api_key/model point at the child server, tool_mode becomes "json" (llama.cpp's
-    server fills no native tool calls) and the server's context is sized to `settings.context_window`.
+    Local: base_url/api_key/model (the GGUF's file stem) point at the child server, tool_mode becomes
+    "json" (llama.cpp's server fills no native tool calls), `extra["response_format"] = "json_object"`
+    tells the agent to send `{"type": "json_object", "schema": ...}` (llama-cpp-python rejects
+    OpenAI's `json_schema` type), the request timeout grows to LOCAL_REQUEST_TIMEOUT_S, and the
+    server's context is sized to `settings.context_window`.
     The server stops when the block ends, however it ends.
     """
     if not wants_local(llm, settings):
@@ -512,9 +517,11 @@ def llm_endpoint(settings: Settings, *, llm: str = "auto", local_model: Path | s
     say = echo or (lambda text: print(text, file=sys.stderr))
     say(f"local LLM: {info.describe()} from {path}; starting llama.cpp server ...")
     started = time.perf_counter()
-    with start_local_server(path, n_ctx=settings.context_window) as server:
+    with start_local_server(path, n_ctx=settings.context_window, alias=path.stem) as server:
         say(f"local LLM ready at {server.base_url} in {time.perf_counter() - started:.1f}s (log: {server.log_path})")
-        yield settings.with_(base_url=server.base_url, api_key=LOCAL_API_KEY, model="local", tool_mode="json")
+        yield settings.with_(base_url=server.base_url, api_key=LOCAL_API_KEY, model=path.stem, tool_mode="json",
+                             request_timeout=max(settings.request_timeout, LOCAL_REQUEST_TIMEOUT_S),
+                             extra={**settings.extra, "response_format": "json_object"})
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -173,8 +173,8 @@ def test_local_endpoint_points_settings_at_the_server(tmp_path: Path, monkeypatc
     monkeypatch.setattr(local_llm, "llama_server_available", lambda: True)
     seen: dict[str, object] = {}
 
-    def fake_start(model: Path, *, n_ctx: int, **_: object) -> LocalServer:
-        seen.update(model=model, n_ctx=n_ctx)
+    def fake_start(model: Path, *, n_ctx: int, alias: str) -> LocalServer:
+        seen.update(model=model, n_ctx=n_ctx, alias=alias)
         return LocalServer([sys.executable, str(_stub(tmp_path)), str(port)], port)
 
     port = free_port()
@@ -182,8 +182,9 @@ def test_local_endpoint_points_settings_at_the_server(tmp_path: Path, monkeypatc
     with llm_endpoint(Settings(context_window=3000), llm="auto", local_model=write_gguf(tmp_path / "m.gguf"),
                       echo=lambda _: None) as resolved:
         assert (resolved.base_url, resolved.api_key, resolved.model, resolved.tool_mode) == (
-            f"http://127.0.0.1:{port}/v1", "local", "local", "json")
-        assert seen == {"model": tmp_path / "m.gguf", "n_ctx": 3000}
+            f"http://127.0.0.1:{port}/v1", "local", "m", "json")
+        assert resolved.extra["response_format"] == "json_object" and resolved.request_timeout >= 900
+        assert seen == {"model": tmp_path / "m.gguf", "n_ctx": 3000, "alias": "m"}
         assert _get(f"{resolved.base_url}/models")["data"][0]["id"] == "stub"
     assert not _listening(port)
 
