@@ -283,6 +283,7 @@ def fake_agent(monkeypatch: pytest.MonkeyPatch) -> dict:
         return Recorder(fail={"fails"}), {"model": settings.model, "store_version": store_version or 9}
 
     monkeypatch.setattr("pipeline.commands.batch.build_answer_fn", build)
+    monkeypatch.setenv("ANALYZE_LLM", "remote")  # never start a local model here
     return seen
 
 
@@ -330,9 +331,7 @@ def test_cli_bad_input_is_a_message_and_exit_2(tmp_path: Path, fake_agent: dict,
 def test_cli_without_endpoint_exits_2_with_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    (tmp_path / "store").mkdir()
     f = tmp_path / "qs.txt"
     f.write_text("a\n")
-    result = CliRunner().invoke(main, ["batch", str(f), "-o", str(tmp_path / "o.jsonl"), "--store",
-                                       str(tmp_path / "store")])
+    result = CliRunner().invoke(main, ["batch", str(f), "-o", str(tmp_path / "o.jsonl"), "--llm", "remote"])
     assert result.exit_code == 2 and "no LLM endpoint configured" in result.stderr

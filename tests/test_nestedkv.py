@@ -161,7 +161,7 @@ def test_cli_nested_kv_without_an_endpoint_says_so(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    result = CliRunner().invoke(main, ["eval", "nested-kv", "--baseline"])
+    result = CliRunner().invoke(main, ["eval", "nested-kv", "--baseline", "--llm", "remote"])
     assert result.exit_code == 2 and "nested-kv needs an LLM endpoint" in result.stderr
     assert "Traceback" not in result.output
     bad = CliRunner().invoke(main, ["eval", "nested-kv", "--levels", "a-b"])

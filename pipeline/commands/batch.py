@@ -11,6 +11,7 @@ import click
 
 from pipeline.cli import store_option
 from pipeline.config import Settings
+from pipeline.local_llm import llm_endpoint, llm_options
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -66,10 +67,12 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Agent steps per question.")
 @click.option("--context-window", type=click.IntRange(512), default=None,
               help="Tokens in the model's window (env ANALYZE_CONTEXT_WINDOW).")
+@click.option("--top-k", type=click.IntRange(1, 50), default=None, help="Search hits per page (default 5).")
+@llm_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
 def command(file: Path, out: Path | None, concurrency: int, rpm: float | None, retry_errors: bool, store: str,
             model: str | None, tool_mode: str | None, max_steps: int | None, context_window: int | None,
-            progress: bool) -> None:
+            top_k: int | None, llm: str, local_model: str | None, progress: bool) -> None:
     """Answer every question in FILE into OUT, one JSON record per line.
 
     \b
@@ -91,6 +94,8 @@ def command(file: Path, out: Path | None, concurrency: int, rpm: float | None, r
 
     settings = Settings.from_env(store=store, model=model, tool_mode=tool_mode, max_steps=max_steps,
                                  context_window=context_window)
+    if top_k is not None:
+        settings = settings.with_(extra={**settings.extra, "top_k": str(top_k)})
     out = out or Path("outputs") / f"{file.stem}.jsonl"
     try:
         if out.resolve() == file.resolve():
@@ -109,12 +114,14 @@ def command(file: Path, out: Path | None, concurrency: int, rpm: float | None, r
     if pinned is not None:
         click.echo(f"Resuming at store version {pinned}, the version the earlier records read.", err=True)
     try:
-        answer_fn, meta = build_answer_fn(settings, rpm=rpm, store_version=pinned)
-    except click.ClickException as exc:
+        with llm_endpoint(settings, llm=llm, local_model=local_model,
+                          echo=lambda m: click.echo(m, err=True)) as settings:
+            answer_fn, meta = build_answer_fn(settings, rpm=rpm, store_version=pinned)
+            result = run_batch(questions, out, answer_fn, concurrency=concurrency, retry_errors=retry_errors,
+                               bad_lines=bad, meta=meta, progress=progress)
+    except click.ClickException as exc:  # no endpoint, no archive, no local model
         click.echo(f"Error: {exc.message}", err=True)
         sys.exit(EXIT_USAGE)
-    result = run_batch(questions, out, answer_fn, concurrency=concurrency, retry_errors=retry_errors,
-                       bad_lines=bad, meta=meta, progress=progress)
     click.echo(format_summary(result.summary, out))
     if result.interrupted:
         resume = f"analyze batch {shlex.quote(str(file))} -o {shlex.quote(str(out))}"

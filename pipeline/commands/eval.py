@@ -9,6 +9,7 @@ from typing import NoReturn
 import click
 
 from pipeline.config import Settings
+from pipeline.local_llm import llm_endpoint, llm_options
 
 NESTED_KV = "nested-kv"
 
@@ -45,10 +46,11 @@ def _levels(_: click.Context, __: click.Parameter, value: str) -> tuple[int, ...
 @click.option("--tool-mode", type=click.Choice(["tools", "json"]), default=None, help="nested-kv: function calling.")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="nested-kv: agent steps per question.")
 @click.option("--context-window", type=click.IntRange(512), default=None, help="nested-kv: tokens in the window.")
+@llm_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def command(target: str, baseline: bool, levels: tuple[int, ...], pairs: int, per_level: int, seed: int,
             out: Path | None, concurrency: int, model: str | None, tool_mode: str | None, max_steps: int | None,
-            context_window: int | None, progress: bool) -> None:
+            context_window: int | None, llm: str, local_model: str | None, progress: bool) -> None:
     """Score a batch output, or run the nested key-value task. TARGET is OUT.jsonl or the word nested-kv.
 
     \b
@@ -63,7 +65,7 @@ def command(target: str, baseline: bool, levels: tuple[int, ...], pairs: int, pe
     \b
     analyze eval nested-kv [--baseline] [--levels 0-4] [--pairs 140]
       The MemGPT nested key-value task against the configured endpoint
-      (OPENAI_BASE_URL): UUID pairs in a fresh temporary archive, questions
+      (OPENAI_BASE_URL, or a local model per --llm): UUID pairs in a fresh temporary archive, questions
       whose value may itself be a key to look up (levels 0-4), answered by
       the agent or, with --baseline, by a retriever-reader with the same
       model. Reports accuracy and steps per level; writes
@@ -72,8 +74,13 @@ def command(target: str, baseline: bool, levels: tuple[int, ...], pairs: int, pe
     if target == NESTED_KV:
         settings = Settings.from_env(model=model, tool_mode=tool_mode, max_steps=max_steps,
                                      context_window=context_window)
-        _nested_kv(settings, baseline=baseline, levels=levels, pairs=pairs, per_level=per_level, seed=seed,
-                   out=out, concurrency=concurrency, progress=progress)
+        try:
+            with llm_endpoint(settings, llm=llm, local_model=local_model,
+                              echo=lambda m: click.echo(m, err=True)) as settings:
+                _nested_kv(settings, baseline=baseline, levels=levels, pairs=pairs, per_level=per_level, seed=seed,
+                           out=out, concurrency=concurrency, progress=progress)
+        except click.ClickException as exc:  # no endpoint and no local model
+            _fail(f"nested-kv needs an LLM endpoint: {exc.message}")
     else:
         _score(Path(target))
 
