@@ -63,10 +63,14 @@ class ScriptedChatClient:
 
     Each queued item is a `ChatReply`, an exception to raise, or a callable taking the request dict
     (messages, tools, response_format, max_tokens) and returning a reply. Running out raises `LLMError`.
+    `intercept(request)` may answer a request first (return a reply) without using up the queue; see
+    `summaries`, which answers the context's summary calls.
     """
 
-    def __init__(self, replies: Iterable[Script]) -> None:
+    def __init__(self, replies: Iterable[Script], *,
+                 intercept: Callable[[dict[str, Any]], ChatReply | None] | None = None) -> None:
         self.replies = list(replies)
+        self.intercept = intercept
         self.requests: list[dict[str, Any]] = []
 
     def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
@@ -74,12 +78,24 @@ class ScriptedChatClient:
         request = {"messages": copy.deepcopy(messages), "tools": copy.deepcopy(tools),
                    "response_format": copy.deepcopy(response_format), "max_tokens": max_tokens}
         self.requests.append(request)
+        if self.intercept is not None and (reply := self.intercept(request)) is not None:
+            return reply
         if not self.replies:
             raise LLMError(f"scripted client ran out of replies after {len(self.requests) - 1} requests")
         item = self.replies.pop(0)
         if isinstance(item, Exception):
             raise item
         return item(request) if callable(item) else item
+
+
+def is_summary_request(request: dict[str, Any]) -> bool:
+    """True for the agent's summary calls: the only requests sent with neither tools nor a response format."""
+    return not request.get("tools") and not request.get("response_format")
+
+
+def summaries(text: str = "Summary: searched the archive; findings are in working memory.") -> Callable[[dict[str, Any]], ChatReply | None]:
+    """An `intercept` that answers every summary call with `text` and leaves agent steps to the queue."""
+    return lambda request: text_reply(text) if is_summary_request(request) else None
 
 
 # --------------------------------------------------------------------------------------- HTTP endpoint
