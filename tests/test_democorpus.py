@@ -1,0 +1,103 @@
+"""The demo corpus: every document written, the long PDF long, each fact where demo.jsonl says it is."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipeline import democorpus
+from pipeline.democorpus import FACTS, FILES, MANUAL, MANUAL_PAGES, main, write_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("demo")
+    write_corpus(root / "corpus", root / "queries" / "demo.jsonl")
+    return root / "corpus", root / "queries" / "demo.jsonl"
+
+
+@functools.lru_cache(maxsize=None)
+def _pdf_pages(path: Path) -> tuple[str, ...]:
+    from pypdf import PdfReader
+
+    return tuple(page.extract_text() for page in PdfReader(path).pages)
+
+
+def _text(path: Path, page: int | None) -> str:
+    """Text as the ingest parsers see it: a PDF page via pypdf, a DOCX's paragraphs and tables, or the file."""
+    if path.suffix == ".pdf":
+        text = _pdf_pages(path)[page - 1]  # type: ignore[operator]
+    elif path.suffix == ".docx":
+        import docx
+
+        document = docx.Document(str(path))
+        cells = [cell.text for table in document.tables for row in table.rows for cell in row.cells]
+        text = "\n".join([p.text for p in document.paragraphs] + cells)
+    else:
+        text = path.read_text(encoding="utf-8")
+    return " ".join(text.split())
+
+
+def test_writes_every_document_kind(corpus: tuple[Path, Path]) -> None:
+    root, _ = corpus
+    assert sorted(p.name for p in root.iterdir()) == sorted(FILES)
+    assert {p.suffix for p in root.iterdir()} == {".pdf", ".docx", ".html", ".md"}
+    assert zipfile.ZipFile(root / democorpus.MINUTES).testzip() is None
+
+
+def test_manual_is_far_longer_than_a_context_window(corpus: tuple[Path, Path]) -> None:
+    pages = _pdf_pages(corpus[0] / MANUAL)
+    assert len(pages) == MANUAL_PAGES >= 60
+    assert sum(len(page.split()) for page in pages) > 20_000  # ~1.3 tokens a word: several 8k-token windows
+    assert all(f"Page {n}" in pages[n - 1] for n in (1, 30, MANUAL_PAGES))
+
+
+@pytest.mark.parametrize("fact", [f for f in FACTS if not f.unanswerable], ids=lambda f: f.id)
+def test_each_fact_is_on_its_stated_page_and_nowhere_else(corpus: tuple[Path, Path], fact: democorpus.Fact) -> None:
+    path = corpus[0] / fact.source  # type: ignore[operator]
+    sentence = " ".join(fact.sentence.split())
+    assert sentence in _text(path, fact.page)
+    assert any(a.lower() in sentence.lower() for a in fact.answers)
+    if fact.page is not None:
+        assert [n for n in range(1, len(_pdf_pages(path)) + 1) if sentence in _text(path, n)] == [fact.page]
+
+
+def test_demo_jsonl_is_valid_for_batch_and_eval(corpus: tuple[Path, Path]) -> None:
+    from pipeline.batch import read_questions
+
+    _, queries = corpus
+    records = [json.loads(line) for line in queries.read_text().splitlines()]
+    assert [r["id"] for r in records] == [f.id for f in FACTS]
+    assert all(r["category"] for r in records)
+    unanswerable = [r for r in records if r.get("unanswerable")]
+    assert unanswerable and all("answer" not in r for r in unanswerable)
+    answered = [r for r in records if not r.get("unanswerable")]
+    assert all(r["answer"] == r["answers"][0] for r in answered)
+    assert all(r["pages"] == [{"source": r["source"], "page": r.get("pages")[0]["page"]}]
+               for r in answered if r["source"].endswith(".pdf"))
+    questions, bad = read_questions(queries)
+    assert bad == [] and len(questions) == len(FACTS)
+    assert questions[0].gold["answers"] == ["42 bar"] and questions[0].gold["pages"] == [{"source": MANUAL, "page": 9}]
+
+
+def test_deterministic_bytes_and_skip_when_present(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in corpus[0].iterdir()}
+    again = write_corpus(tmp_path / "c", tmp_path / "q.jsonl")
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "c").iterdir()} == digest
+    assert len(again) == len(FILES) + 1
+    (tmp_path / "c" / democorpus.ONBOARDING).write_text("edited by hand")
+    assert write_corpus(tmp_path / "c", tmp_path / "q.jsonl") == []  # present files are kept
+    assert main([str(tmp_path / "c"), "--queries", str(tmp_path / "q.jsonl"), "--force"]) == 0
+    assert (tmp_path / "c" / democorpus.ONBOARDING).read_text() != "edited by hand"
+
+
+def test_unwritable_destination_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    assert main([str(tmp_path / "file" / "corpus")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the demo corpus") and err.count("\n") == 1
