@@ -1,0 +1,99 @@
+"""`analyze ask`: options, output formats and one-line errors, over the fake endpoint and a fake archive."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import pipeline.commands.ask as ask
+from pipeline.cli import main
+from pipeline.testing import FakeEndpoint, FakeRetriever, json_reply, make_hit, text_reply, tool_reply
+
+HITS = [make_hit("m1", "The Hydra-7 pump is rated for 42 bar.", source="manual.pdf", page=2),
+        make_hit("n1", "Seals of the Hydra-7 pump are replaced every 500 hours.", source="notes.md", page=None)]
+ENV_KEYS = ["OPENAI_BASE_URL", "OPENAI_API_KEY", "ANALYZE_MODEL", "ANALYZE_CONTEXT_WINDOW", "ANALYZE_TOOL_MODE",
+            "ANALYZE_STORE"]
+
+
+@pytest.fixture
+def retriever(monkeypatch):
+    fake = FakeRetriever(HITS)
+    monkeypatch.setattr(ask, "open_archive", lambda store: fake)
+    return fake
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+
+
+def invoke(args, base_url=None):
+    env = {"OPENAI_BASE_URL": base_url} if base_url else {}
+    return CliRunner().invoke(main, ["ask", *args], env=env)
+
+
+ANSWER = [tool_reply("archival_memory_search", {"query": "Hydra-7 pump", "request_heartbeat": True}),
+          tool_reply("send_message", {"message": "It is rated for 42 bar; seals last 500 hours.",
+                                      "citations": ["m1", "n1"]})]
+
+
+def test_plain_output_is_the_answer_then_numbered_sources(clean_env, retriever):
+    with FakeEndpoint.scripted(ANSWER) as endpoint:
+        result = invoke(["Rating of the Hydra-7 pump?", "--top-k", "3"], endpoint.base_url)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ("It is rated for 42 bar; seals last 500 hours.\n\nSources:\n"
+                             "  [1] manual.pdf, page 2\n  [2] notes.md\n")
+    assert retriever.calls == [("Hydra-7 pump", "hybrid", 3, 0)]
+
+
+def test_json_output_and_trace_on_stderr(clean_env, retriever):
+    with FakeEndpoint.scripted(ANSWER) as endpoint:
+        result = invoke(["Rating?", "--json", "--trace", "--model", "my-model"], endpoint.base_url)
+        sent_model = endpoint.requests[0]["model"]
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"question", "answer", "citations", "steps", "usage", "status", "error"}
+    assert data["status"] == "ok" and data["citations"][0] == {"source": "manual.pdf", "page": 2, "chunk_id": "m1"}
+    assert [s["function"] for s in data["steps"]] == ["archival_memory_search", "send_message"]
+    assert "step 1: archival_memory_search(query='Hydra-7 pump')" in result.stderr
+    assert sent_model == "my-model"
+
+
+def test_json_tool_mode_and_context_window_options(clean_env, retriever):
+    script = [json_reply("archival_memory_search", {"query": "pump"}), text_reply("42 bar (m1)")]
+    with FakeEndpoint.scripted(script) as endpoint:
+        result = invoke(["Rating?", "--tool-mode", "json", "--context-window", "6000"], endpoint.base_url)
+        first = endpoint.requests[0]
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("42 bar (m1)\n\nSources:\n  [1] manual.pdf, page 2")
+    assert "tools" not in first and first["response_format"]["type"] == "json_schema"
+    assert first["max_tokens"] == 600  # the reply reserve of a 6000-token window
+
+
+def test_no_endpoint_is_a_one_line_error(clean_env, retriever):
+    result = invoke(["Rating?"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: no LLM endpoint configured: set OPENAI_BASE_URL (and OPENAI_API_KEY if it needs one)"]
+
+
+def test_missing_store_is_a_one_line_error(clean_env, tmp_path):
+    result = invoke(["Rating?", "--store", str(tmp_path / "nowhere")], "http://127.0.0.1:9/v1")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.startswith("Error: no archive at") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_failed_question_exits_non_zero_with_the_reason(clean_env, retriever):
+    with FakeEndpoint.scripted([{"error": "not a completion"}]) as endpoint:
+        result = invoke(["Rating?", "--max-steps", "1"], endpoint.base_url)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: no answer: LLM error:")
+
+
+def test_bad_options_are_usage_errors(clean_env, retriever):
+    assert invoke(["   "], "http://127.0.0.1:9/v1").exit_code == 2
+    assert invoke(["q", "--tool-mode", "grammar"]).exit_code == 2
+    assert invoke(["q", "--context-window", "100"]).exit_code == 2
