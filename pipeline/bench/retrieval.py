@@ -1,0 +1,70 @@
+"""Retrieval quality on Cranfield (BEIR layout in ../shared/eval/cranfield): nDCG@10 and recall@100 per mode."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+CRANFIELD = Path(__file__).resolve().parents[2].parent / "shared" / "eval" / "cranfield"
+MODES = ("vector", "fts", "hybrid")
+
+
+def ndcg_at(ranked: list[str], gains: dict[str, int], k: int) -> float:
+    dcg = sum(gains.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
+    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted(gains.values(), reverse=True)[:k]))
+    return dcg / ideal if ideal else 0.0
+
+
+def recall_at(ranked: list[str], gains: dict[str, int], k: int) -> float:
+    relevant = {doc for doc, g in gains.items() if g > 0}
+    return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
+
+
+def documents_in_order(hits) -> list[str]:
+    """Chunk hits -> document ids (file stems), each at its best rank."""
+    seen: dict[str, None] = {}
+    for hit in hits:
+        seen.setdefault(Path(hit.source).stem, None)
+    return list(seen)
+
+
+def run(out_dir: Path) -> dict:
+    from pipeline.config import Settings
+    from pipeline.ingest import ingest_directory
+    from pipeline.store import Archive
+
+    if not CRANFIELD.exists():
+        return {"skipped": f"{CRANFIELD} not available"}
+    corpus = out_dir / "cranfield-corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    for line in (CRANFIELD / "corpus.jsonl").read_text().splitlines():
+        doc = json.loads(line)
+        path = corpus / f"{doc['_id']}.txt"
+        if not path.exists():
+            path.write_text(f"{doc['title'].strip().upper()}\n\n{doc['text']}\n")
+    store = out_dir / "cranfield-store"
+    report = ingest_directory(corpus, Settings.from_env(store=store), progress=True)
+    archive = Archive.open(store)
+
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    for line in (CRANFIELD / "qrels.tsv").read_text().splitlines()[1:]:
+        qid, did, score = line.split("\t")
+        qrels[qid][did] = int(score)
+    queries = [json.loads(line) for line in (CRANFIELD / "queries.jsonl").read_text().splitlines()]
+    queries = [q for q in queries if q["_id"] in qrels]
+
+    scores = {}
+    for mode in MODES:
+        ndcg, recall = [], []
+        for q in queries:
+            ranked = documents_in_order(archive.search(q["text"], mode=mode, top_k=150).hits)
+            ndcg.append(ndcg_at(ranked, qrels[q["_id"]], 10))
+            recall.append(recall_at(ranked, qrels[q["_id"]], 100))
+        scores[mode] = {"ndcg@10": round(sum(ndcg) / len(ndcg), 4), "recall@100": round(sum(recall) / len(recall), 4)}
+    best_single = max(scores["vector"]["ndcg@10"], scores["fts"]["ndcg@10"])
+    return {"queries": len(queries), "documents": report.new + report.unchanged, "chunks": archive.count(),
+            "scores": scores, "hybrid_beats_both_ndcg@10": scores["hybrid"]["ndcg@10"] > best_single,
+            "hybrid_beats_both_recall@100": scores["hybrid"]["recall@100"] > max(
+                scores["vector"]["recall@100"], scores["fts"]["recall@100"])}
