@@ -349,3 +349,25 @@ def _cite_first_pdf_chunk(request) -> str:
     text = request["messages"][-1]["content"]
     line = next(l for l in text.splitlines() if "source: manual.pdf | page: 2" in l)
     return f"42 bar ({line.split('|')[0].split(':', 1)[1].strip()})"
+
+
+def test_reported_prompt_tokens_correct_the_budget():
+    """An endpoint whose tokenizer counts twice our estimate: later requests still fit under its count."""
+    window = 16000
+    counter = TokenCounter()
+
+    def doubled(reply):
+        def respond(request):
+            size = counter.request(request["messages"], request["tools"], request["response_format"])
+            return type(reply)(reply.content, reply.tool_calls, prompt_tokens=2 * size, completion_tokens=5)
+        return respond
+
+    big = [make_hit(f"b{n}", f"alpha {n} " + "lorem ipsum dolor " * 120, page=n) for n in range(40)]
+    steps = [doubled(tool_reply(SEARCH, {"query": "alpha", "page": n, "request_heartbeat": True})) for n in range(8)]
+    client = ScriptedChatClient([*steps, doubled(text_reply("done"))], intercept=summaries("short"))
+    result, client, _ = run(client, hits=big, window=window)
+    assert result.status == "ok", result.error
+    for request in [r for r in client.requests if not is_summary_request(r)][1:]:
+        true_size = 2 * counter.request(request["messages"], request["tools"], request["response_format"])
+        assert true_size + request["max_tokens"] <= window
+    assert any(is_summary_request(r) for r in client.requests)
