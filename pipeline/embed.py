@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from functools import cached_property
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +34,21 @@ class Embedder:
         self.name = name
         self.batch_size = batch_size
         self.path = resolve_model_dir(name)
+        self._model = None
+        self._lock = threading.Lock()
 
-    @cached_property
+    @property
     def model(self):
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
+        """The SentenceTransformer, loaded on first use (once, even when many threads ask at the same time)."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    from sentence_transformers import SentenceTransformer
+                    from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        return SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+                    hf_logging.disable_progress_bar()
+                    self._model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+        return self._model
 
     @property
     def tokenizer(self):

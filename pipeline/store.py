@@ -79,7 +79,11 @@ class Archive:
         self.path = path
         self.db = db
         self.meta = meta
-        self._embedder = embedder
+        if embedder is None:
+            from pipeline.embed import Embedder
+
+            embedder = Embedder(meta.embedder)  # cheap: the model itself loads on first encode
+        self.embedder = embedder
         self.chunks = db.open_table(CHUNKS)
         self.documents = db.open_table(DOCUMENTS)
 
@@ -124,14 +128,6 @@ class Archive:
     @property
     def version(self) -> int:
         return int(self.chunks.version)
-
-    @property
-    def embedder(self):
-        if self._embedder is None:
-            from pipeline.embed import Embedder
-
-            self._embedder = Embedder(self.meta.embedder)
-        return self._embedder
 
     def count(self) -> int:
         return int(self.chunks.count_rows())
