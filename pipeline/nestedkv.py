@@ -88,22 +88,29 @@ def generate(*, pairs: int = PAIRS, levels: tuple[int, ...] = LEVELS, per_level:
     return KVTask(pairs=[(k, values[k]) for k in order], questions=questions)
 
 
+def pair_text(key: str, value: str) -> str:
+    """One pair as stored: a plain sentence (a `value: ...` line alone would be parsed as a title)."""
+    return f"The value of key {key} is {value}.\n"
+
+
 def write_documents(task: KVTask, root: Path) -> None:
     """One small text file per pair under `root`, so every pair is one chunk of archival memory."""
     root.mkdir(parents=True, exist_ok=True)
     for i, (key, value) in enumerate(task.pairs):
-        (root / f"pair-{i:03d}.txt").write_text(f"key: {key}\nvalue: {value}\n", encoding="utf-8")
+        (root / f"pair-{i:03d}.txt").write_text(pair_text(key, value), encoding="utf-8")
 
 
-def build_archive(task: KVTask, settings: Settings, workdir: Path, *, progress: bool = True) -> Any:
+def build_archive(task: KVTask, settings: Settings, workdir: Path, *, progress: bool = True, embedder=None) -> Any:
     """Ingest the task's pairs into a fresh archive under `workdir`; returns it opened for reading."""
     from pipeline.ingest import ingest_directory
     from pipeline.store import Archive
 
     docs, store = workdir / "pairs", workdir / "archive"
     write_documents(task, docs)
-    ingest_directory(docs, settings.with_(store=store), progress=progress)
-    return Archive.open(store)
+    report = ingest_directory(docs, settings.with_(store=store), progress=progress, embedder=embedder)
+    if report.failed:
+        raise RuntimeError(f"nested-kv archive: {report.failed} pair files failed to ingest: {report.failures[:3]}")
+    return Archive.open(store, embedder=embedder)
 
 
 _BASELINE_SYSTEM = ("Answer the question using only the numbered passages below. Copy values exactly. Cite the "

@@ -335,3 +335,27 @@ def test_cli_without_endpoint_exits_2_with_a_message(tmp_path: Path, monkeypatch
     f.write_text("a\n")
     result = CliRunner().invoke(main, ["batch", str(f), "-o", str(tmp_path / "o.jsonl"), "--llm", "remote"])
     assert result.exit_code == 2 and "no LLM endpoint configured" in result.stderr
+
+
+# ------------------------------------------------------------------------------------- end to end over HTTP
+
+def test_batch_through_the_real_openai_client_and_agent_against_a_fake_endpoint(tmp_path: Path) -> None:
+    from pipeline.agent import answer
+    from pipeline.bench.batch import StaticRetriever, expected_answer, faulty
+    from pipeline.config import Settings
+    from pipeline.llm import make_client
+    from pipeline.testing import FakeEndpoint
+
+    qs = [Question(id=i, question=f"What does part {i} say?") for i in range(8)]
+    out = tmp_path / "e2e.jsonl"
+    with FakeEndpoint(faulty(seed=3, rate_429=0.2, rate_500=0.0, rate_malformed=0.2)) as endpoint:
+        settings = Settings(base_url=endpoint.base_url, api_key="x", model="fake-model")
+        client = make_client(settings)
+        retriever = StaticRetriever()
+        result = run(qs, out, lambda q: answer(q, retriever=retriever, client=client, settings=settings),
+                     concurrency=4)
+    records = load_output(out)
+    assert result.summary["ok"] == 8 and len(records) == 8
+    assert all(r["answer"] == expected_answer(r["question"]) for r in records)  # no cross-talk over HTTP either
+    assert all(r["usage"]["prompt_tokens"] >= 0 and r["steps"] for r in records)
+    assert len(endpoint.requests) > 16  # the injected 429s and malformed calls cost extra requests

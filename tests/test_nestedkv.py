@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from pipeline.config import Settings
-from pipeline.nestedkv import baseline_answer, generate, run, write_documents
+from pipeline.nestedkv import baseline_answer, build_archive, generate, pair_text, run, write_documents
 from pipeline.testing import ScriptedChatClient, text_reply, tool_reply
 from pipeline.types import Hit, SearchResult
 
+PAIR = re.compile(r"key ([0-9a-f-]{36}) is ([0-9a-f-]{36})")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 SETTINGS = Settings(base_url="http://127.0.0.1:9/v1", model="scripted", context_window=8192)
 
@@ -27,7 +28,7 @@ class KVRetriever:
 
     def search(self, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult:
         wanted = set(UUID.findall(query))
-        found = [Hit(f"kv-{i}", f"pair-{i:03d}.txt", None, None, "", f"key: {k}\nvalue: {v}\n", 1.0)
+        found = [Hit(f"kv-{i}", f"pair-{i:03d}.txt", None, None, "", pair_text(k, v), 1.0)
                  for i, (k, v) in enumerate(self.pairs) if wanted & {k, v}]
         return SearchResult(query, found[page * top_k:(page + 1) * top_k], len(found), page, top_k)
 
@@ -71,7 +72,7 @@ def test_documents_hold_one_pair_each(tmp_path: Path) -> None:
     write_documents(task, tmp_path)
     files = sorted(tmp_path.iterdir())
     assert len(files) == 20
-    assert files[0].read_text() == f"key: {task.pairs[0][0]}\nvalue: {task.pairs[0][1]}\n"
+    assert PAIR.findall(files[0].read_text()) == [task.pairs[0]]
 
 
 def test_baseline_stuffs_hits_into_one_prompt_and_cites_them() -> None:
@@ -103,7 +104,7 @@ def test_baseline_stops_filling_at_the_window() -> None:
 def perfect_reader(request: dict[str, Any]) -> Any:
     """Follows the chain through whatever passages the prompt holds; answers with the last value it reaches."""
     prompt = request["messages"][-1]["content"]
-    lookup = dict(re.findall(r"key: (\S+)\nvalue: (\S+)", prompt))
+    lookup = dict(PAIR.findall(prompt))
     key = UUID.search(prompt.split("Question:")[1]).group()
     value = lookup.get(key, "not found")
     while value in lookup:
@@ -133,7 +134,7 @@ def agent_policy(task):
         key = UUID.search(question).group()
         results = [str(m["content"]) for m in messages if m["role"] == "tool"]
         for text in results:  # follow what the searches returned so far
-            found = dict(re.findall(r"key: (\S+)\s+value: (\S+)", text))
+            found = dict(PAIR.findall(text))
             if key in found:
                 key = found[key]
         if results and key not in task.lookup:
@@ -166,3 +167,19 @@ def test_cli_nested_kv_without_an_endpoint_says_so(monkeypatch: pytest.MonkeyPat
     assert "Traceback" not in result.output
     bad = CliRunner().invoke(main, ["eval", "nested-kv", "--levels", "a-b"])
     assert bad.exit_code == 2 and "0-4" in bad.stderr
+
+
+@pytest.mark.slow
+def test_baseline_over_a_real_archive_sees_every_pair(tmp_path: Path, embedder) -> None:
+    task = generate(pairs=12, levels=(0, 1, 2), per_level=1)
+    archive = build_archive(task, SETTINGS, tmp_path, progress=False, embedder=embedder)
+    assert sorted(PAIR.findall(" ".join(h.text for h in archive.search("value of key", top_k=12).hits))) == \
+        sorted(task.pairs)  # every pair is stored whole, one chunk each
+    client = ScriptedChatClient([perfect_reader] * len(task.questions))
+    result = run(SETTINGS, baseline=True, levels=(0, 1, 2), pairs=12, per_level=1, out=tmp_path / "kv.jsonl",
+                 concurrency=2, progress=False, client=client, retriever=archive)
+    # all 12 pairs fit the window, so a perfect reader follows every chain
+    assert result["overall"]["accuracy"] == 1.0 and result["overall"]["errors"] == 0
+    records = [json.loads(line) for line in (tmp_path / "kv.jsonl").read_text().splitlines()]
+    assert all(r["steps"][0]["arguments"]["passages"] == 12 for r in records)
+    assert all(isinstance(r["store_version"], int) for r in records)
