@@ -359,3 +359,9 @@ def test_batch_through_the_real_openai_client_and_agent_against_a_fake_endpoint(
     assert all(r["answer"] == expected_answer(r["question"]) for r in records)  # no cross-talk over HTTP either
     assert all(r["usage"]["prompt_tokens"] >= 0 and r["steps"] for r in records)
     assert len(endpoint.requests) > 16  # the injected 429s and malformed calls cost extra requests
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("queries/*.*")), ids=lambda p: p.name)
+def test_shipped_question_files_are_valid(path: Path) -> None:
+    qs, bad = read_questions(path)
+    assert qs and bad == []
