@@ -365,3 +365,16 @@ def test_batch_through_the_real_openai_client_and_agent_against_a_fake_endpoint(
 def test_shipped_question_files_are_valid(path: Path) -> None:
     qs, bad = read_questions(path)
     assert qs and bad == []
+
+
+def test_cli_ctrl_c_exits_130_and_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANALYZE_LLM", "remote")
+    monkeypatch.setattr("pipeline.commands.batch.build_answer_fn",
+                        lambda settings, **kw: (interrupting("q2", 1), {"model": "m", "store_version": 1}))
+    f = tmp_path / "qs.txt"
+    f.write_text("".join(f"q{i}\n" for i in range(1, 7)))
+    out = tmp_path / "o.jsonl"
+    result = CliRunner().invoke(main, ["batch", str(f), "-o", str(out), "--no-progress", "-c", "1"])
+    assert result.exit_code == 130
+    assert f"Resume with the same command: analyze batch {f} -o {out}" in result.stderr
+    assert ids_in(out) == ["1", "2"]

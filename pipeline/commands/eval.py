@@ -65,10 +65,10 @@ def command(target: str, baseline: bool, levels: tuple[int, ...], pairs: int, pe
     \b
     analyze eval nested-kv [--baseline] [--levels 0-4] [--pairs 140]
       The MemGPT nested key-value task against the configured endpoint
-      (OPENAI_BASE_URL, or a local model per --llm): UUID pairs in a fresh temporary archive, questions
-      whose value may itself be a key to look up (levels 0-4), answered by
-      the agent or, with --baseline, by a retriever-reader with the same
-      model. Reports accuracy and steps per level; writes
+      (OPENAI_BASE_URL, or a local model per --llm): UUID pairs in a fresh
+      temporary archive, questions whose value may itself be a key to look
+      up (levels 0-4), answered by the agent or, with --baseline, by a
+      retriever-reader with the same model. Reports accuracy and steps per level; writes
       outputs/nested-kv[-baseline].jsonl and its .eval.md/.eval.png.
     """
     if target == NESTED_KV:
