@@ -187,6 +187,16 @@ def test_retry_errors_leaves_records_of_other_files_alone(tmp_path: Path) -> Non
     assert records == {"other": "error", "1": "ok", "2": "ok"}
 
 
+def test_duplicate_records_in_out_collapse_to_one_preferring_ok(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"id": 1, "status": "error"}) + "\n" + json.dumps({"id": 1, "status": "ok"}) + "\n"
+                   + json.dumps({"id": 1, "status": "error"}) + "\n")
+    recorder = Recorder()
+    run(questions(2), out, recorder)
+    assert recorder.asked == ["q2"]
+    assert [(str(r["id"]), r["status"]) for r in load_output(out)] == [("1", "ok"), ("2", "ok")]
+
+
 # ------------------------------------------------------------------------------------- isolation, concurrency
 
 def test_one_failing_question_does_not_stop_the_batch(tmp_path: Path) -> None:
