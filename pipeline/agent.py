@@ -155,8 +155,10 @@ class _Run:
         if reply.tool_calls and not self.json_mode:
             calls = [ToolCall(c.id or f"call_{self.steps_taken}_{i}", c.name, c.arguments)
                      for i, c in enumerate(reply.tool_calls)]
+            limit = self.context.queue_room(*self._request_shape(forced=False)) // (4 * len(calls))
             self.context.append({"role": "assistant", "content": reply.content, "tool_calls": [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _safe_json(c.arguments)}}
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": self._kept_arguments(c.arguments, limit)}}
                 for c in calls]})
             return calls
         if not content:
@@ -182,6 +184,21 @@ class _Run:
                               reply.prompt_tokens, reply.completion_tokens))
             self.log(f"step {self.steps_taken}: malformed reply -> {reason}")
             return None
+
+    def _kept_arguments(self, arguments: str, limit: int) -> str:
+        """Arguments as sent back to the model in its own message: valid JSON, long strings cut to fit `limit`."""
+        try:
+            value = json.loads(arguments)
+        except (json.JSONDecodeError, TypeError):
+            return "{}"
+        counter = self.context.counter
+        if not isinstance(value, dict) or counter.text(arguments) <= limit:
+            return arguments if isinstance(value, dict) else "{}"
+        strings = [k for k, v in value.items() if isinstance(v, str)]
+        share = max(16, limit // max(1, len(strings)) - 8)
+        kept = {k: cut_to_tokens(v, share, counter, "argument") if k in strings else v for k, v in value.items()}
+        text = json.dumps(kept, ensure_ascii=False)
+        return text if counter.text(text) <= limit else "{}"
 
     def _feed(self, call: ToolCall, outcome: Outcome, reply: ChatReply, index: int) -> None:
         """Record the call and give its result to the model, cut to fit the context."""
@@ -257,8 +274,12 @@ class _Run:
         self.result.steps.append(step)
 
     def _save(self) -> None:
-        if self.session is not None:
+        if self.session is None:
+            return
+        try:
             self.session.save({**self.context.to_dict(), "notes": self.toolbox.notes})
+        except OSError as exc:
+            self._fail(f"could not save session to {self.session.directory}: {exc}")
 
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
@@ -271,12 +292,3 @@ def _unfence(text: str) -> str:
 
 def _looks_like_json(text: str) -> bool:
     return _unfence(text).lstrip().startswith("{")
-
-
-def _safe_json(arguments: str) -> str:
-    """Arguments to send back in the assistant message: as written if valid JSON, else `{}`."""
-    try:
-        json.loads(arguments)
-        return arguments
-    except (json.JSONDecodeError, TypeError):
-        return "{}"

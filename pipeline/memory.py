@@ -220,10 +220,16 @@ class Context:
         self.recall.add(message)
 
     def messages(self) -> list[Message]:
-        head: list[Message] = [{"role": "system", "content": f"{self.system}\n\n{self.core.render()}"}]
-        if self.summary:
-            head.append({"role": "user", "content": self._summary_text()})
-        return head + self.queue
+        """The request: system message, summary, then the queue with back-to-back user messages merged
+        (chat templates that insist on alternating roles reject two in a row)."""
+        merged: list[Message] = [{"role": "system", "content": f"{self.system}\n\n{self.core.render()}"}]
+        tail = ([{"role": "user", "content": self._summary_text()}] if self.summary else []) + self.queue
+        for message in tail:
+            if message.get("role") == "user" and merged[-1].get("role") == "user":
+                merged[-1] = {"role": "user", "content": f"{merged[-1]['content']}\n\n{message.get('content') or ''}"}
+            else:
+                merged.append(message)
+        return merged
 
     def _summary_text(self) -> str:
         return (f"{SUMMARY_ROLE_PREFIX} {self.evicted} earlier messages were moved to recall storage "

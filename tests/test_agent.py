@@ -44,6 +44,7 @@ def assert_well_formed(client: ScriptedChatClient) -> None:
     for request in client.requests:
         messages = request["messages"]
         assert messages[0]["role"] == "system" and all(m["role"] != "system" for m in messages[1:])
+        assert all(not (a["role"] == b["role"] == "user") for a, b in zip(messages, messages[1:]))
         open_ids: set[str] = set()
         for message in messages[1:]:
             if message["role"] == "assistant":
@@ -197,6 +198,7 @@ def test_step_limit_forces_one_final_answer_step():
     assert result.status == "ok" and result.answer == "best effort: 47 bar"
     forced = client.requests[3]
     assert last_message(forced)["content"] == FORCE_ANSWER
+    assert_well_formed(client)
     assert [t["function"]["name"] for t in forced["tools"]] == ["send_message"]
     assert any("step limit (3) reached" in line for line in lines)
 
@@ -225,6 +227,16 @@ def test_json_mode_parses_one_object_per_step_and_feeds_back_malformed_json():
     fed = last_message(client.requests[1])
     assert fed["role"] == "user" and "status: Failed" in fed["content"] and "not a valid function call" in fed["content"]
     assert "Showing results 1-5 of" in last_message(client.requests[2])["content"]
+    assert_well_formed(client)
+
+
+def test_tools_mode_accepts_a_call_written_as_json_content():
+    """Servers that fill tool_calls unreliably sometimes put the call in the message text instead."""
+    result, client, _ = run([text_reply('{"function": "archival_memory_search", "arguments": {"query": "entry 7"}}'),
+                             tool_reply("send_message", {"message": "47 bar", "citations": ["c07"]})])
+    assert result.status == "ok" and result.steps[0].function == SEARCH
+    assert "Showing results 1-5 of" in last_message(client.requests[1])["content"]
+    assert [c.chunk_id for c in result.citations] == ["c07"]
 
 
 # -- memory pressure
@@ -278,6 +290,7 @@ def test_no_request_ever_exceeds_the_window(window, sizes, moves, final, tool_mo
     result, client, _ = run(client, hits=hits, window=window, tool_mode=tool_mode, max_steps=16)
     assert result.status == "ok", result.error
     assert_within_window(client, window)
+    assert_well_formed(client)
 
 
 # -- sessions
