@@ -85,7 +85,7 @@ class _Run:
         self.log = log
         self.json_mode = settings.tool_mode == "json"
         self.session = Session.for_store(settings.store, session) if session else None
-        state = self.session.load() if self.session else {}
+        state = self.session.open() if self.session else {}
         self.context = Context(system=system_prompt(settings.tool_mode), core=CoreMemory.for_window(settings.context_window),
                                budget=Budget.for_window(settings.context_window), counter=TokenCounter(),
                                recall=Recall(self.session.recall_path if self.session else None), log=log)
@@ -114,6 +114,8 @@ class _Run:
             return self._fail(f"LLM error: {exc}")
         except ContextTooSmall as exc:
             return self._fail(str(exc))
+        except OSError as exc:  # recall storage of a session could not be written
+            return self._fail(f"session storage failed: {exc}")
         finally:
             self._save()
 

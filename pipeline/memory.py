@@ -373,9 +373,17 @@ class Session:
     def recall_path(self) -> Path:
         return self.directory / "recall.jsonl"
 
-    def load(self) -> dict[str, Any]:
+    def open(self) -> dict[str, Any]:
+        """The saved state ({} for a new session); `OSError`/`ValueError` saying why it cannot be used."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"cannot use session folder {self.directory}: {exc.strerror}") from exc
         path = self.directory / "state.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"session state {path} is damaged ({exc}); delete it or use another --session") from exc
 
     def save(self, state: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -384,3 +384,25 @@ def test_reported_prompt_tokens_correct_the_budget():
         true_size = 2 * counter.request(request["messages"], request["tools"], request["response_format"])
         assert true_size + request["max_tokens"] <= window
     assert any(is_summary_request(r) for r in client.requests)
+
+
+def test_unknown_tool_mode_and_unsavable_session_are_error_answers(tmp_path):
+    result, _, _ = run([], tool_mode="grammar")
+    assert result.status == "error" and "unknown tool mode 'grammar'" in result.error
+    blocker = tmp_path / "sessions"
+    blocker.write_text("a file where the sessions folder should be")
+    result = answer("q", retriever=FakeRetriever(HITS), client=ScriptedChatClient([text_reply("fine")]),
+                    settings=Settings(store=tmp_path / "archive"), session="s")
+    assert result.status == "error" and result.error.startswith("cannot use session folder")
+
+
+def test_session_save_failure_is_reported_with_the_answer_kept(tmp_path, monkeypatch):
+    from pipeline.memory import Session
+
+    def refuse(self, state):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Session, "save", refuse)
+    result = answer("q", retriever=FakeRetriever(HITS), client=ScriptedChatClient([text_reply("fine")]),
+                    settings=Settings(store=tmp_path / "archive"), session="s")
+    assert result.status == "error" and "could not save session" in result.error and result.answer == "fine"

@@ -94,9 +94,12 @@ def test_session_names_are_checked_and_state_round_trips(tmp_path):
         Session.for_store(tmp_path / "archive", "../escape")
     session = Session.for_store(tmp_path / "archive", "work-1")
     assert session.directory == tmp_path / "sessions" / "work-1"
-    assert session.load() == {}
+    assert session.open() == {}
     session.save({"core": {"notes": "n"}, "queue": []})
-    assert session.load()["core"] == {"notes": "n"}
+    assert session.open()["core"] == {"notes": "n"}
+    (session.directory / "state.json").write_text("{broken")
+    with pytest.raises(ValueError, match="is damaged"):
+        session.open()
 
 
 # -- the budgeted context
