@@ -121,7 +121,9 @@ class _Run:
 
     def _request_shape(self, *, forced: bool) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
         only = [FINAL] if forced else None
-        return (None, step_format(only)) if self.json_mode else (tool_schemas(only), None)
+        if self.json_mode:
+            return None, step_format(only, kind=self.settings.extra.get("response_format", "json_schema"))
+        return tool_schemas(only), None
 
     def _step(self, *, forced: bool) -> bool:
         """One request and the calls it makes; True once the question is answered."""

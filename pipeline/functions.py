@@ -85,16 +85,25 @@ def tool_schemas(only: list[str] | None = None) -> list[dict[str, Any]]:
         for name, (description, props, required) in SPECS.items() if only is None or name in only]
 
 
-def step_format(only: list[str] | None = None) -> dict[str, Any]:
-    """`response_format` for json tool mode: one object naming a function and its arguments."""
+def step_format(only: list[str] | None = None, *, kind: str = "json_schema") -> dict[str, Any]:
+    """`response_format` for json tool mode: one object naming a function and its arguments.
+
+    `kind` "json_schema" is OpenAI's form; "json_object" puts the schema beside the type, the form
+    llama-cpp-python's server turns into a grammar.
+    """
     names = [n for n in SPECS if only is None or n in only]
-    return {"type": "json_schema", "json_schema": {"name": "agent_step", "schema": {
+    schema = {
         "type": "object",
         "properties": {
             "function": {"type": "string", "enum": names},
             "arguments": {"anyOf": [{"type": "object", "properties": SPECS[n][1], "required": SPECS[n][2]}
                                     for n in names]}},
-        "required": ["function", "arguments"]}}}
+        "required": ["function", "arguments"]}
+    if kind == "json_object":
+        return {"type": "json_object", "schema": schema}
+    if kind != "json_schema":
+        raise ValueError(f"unknown response format {kind!r}: use json_schema or json_object")
+    return {"type": "json_schema", "json_schema": {"name": "agent_step", "schema": schema}}
 
 
 def describe_functions(only: list[str] | None = None) -> str:

@@ -230,6 +230,16 @@ def test_json_mode_parses_one_object_per_step_and_feeds_back_malformed_json():
     assert_well_formed(client)
 
 
+def test_json_mode_can_send_llama_cpp_json_object_format():
+    settings_extra = {"response_format": "json_object"}
+    result, client, _ = run([json_reply("send_message", {"message": "no idea"})], tool_mode="json", extra=settings_extra)
+    assert result.status == "ok"
+    fmt = client.requests[0]["response_format"]
+    assert fmt["type"] == "json_object" and fmt["schema"]["required"] == ["function", "arguments"]
+    bad, _, _ = run([], tool_mode="json", extra={"response_format": "grammar"})
+    assert bad.status == "error" and "unknown response format 'grammar'" in bad.error
+
+
 def test_tools_mode_accepts_a_call_written_as_json_content():
     """Servers that fill tool_calls unreliably sometimes put the call in the message text instead."""
     result, client, _ = run([text_reply('{"function": "archival_memory_search", "arguments": {"query": "entry 7"}}'),
