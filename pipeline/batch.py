@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -410,7 +411,7 @@ def summarize(records: list[dict[str, Any]], *, questions: int, bad_lines: int =
     errors: dict[str, int] = {}
     for r in records:
         if r.get("status") != "ok":
-            reason = str(r.get("error") or "unknown").split(":")[0][:60]
+            reason = re.sub(r"\d+", "N", str(r.get("error") or "unknown").split(":")[0][:60])
             errors[reason] = errors.get(reason, 0) + 1
 
     def rounded(v: float | None) -> float | None:
