@@ -54,6 +54,12 @@ class Embedder:
     def tokenizer(self):
         return self.model.tokenizer
 
+    def new_tokenizer(self):
+        """A tokenizer of its own for another thread: a shared fast tokenizer's padding state is not thread-safe."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+
     @property
     def dim(self) -> int:
         return int(self.model.get_embedding_dimension())

@@ -203,7 +203,7 @@ def _process(todo: list[_Todo], archive: Archive, embedder, settings: Settings, 
     schema = chunk_schema(archive.meta.dim)
     items: "queue.Queue[Any]" = queue.Queue(maxsize=8)
     stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(todo, embedder.tokenizer, settings, items, stop), daemon=True)
+    producer = threading.Thread(target=_produce, args=(todo, embedder.new_tokenizer(), settings, items, stop), daemon=True)
     producer.start()
 
     files_bar = tqdm(total=len(todo), desc="files", unit="file", disable=not progress)
