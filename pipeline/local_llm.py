@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -329,21 +329,59 @@ def llama_server_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in SERVER_MODULES)
 
 
-def server_command(model: Path, port: int, *, n_ctx: int, threads: int, alias: str) -> list[str]:
+def server_command(model: Path, port: int, *, n_ctx: int, threads: int, alias: str, cache: bool = True) -> list[str]:
     """The argv for llama-cpp-python's server (flags as its `llama_cpp/server/settings.py` defines them)."""
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
             "--n_threads", str(threads), "--n_threads_batch", str(threads),
-            "--cache", "true",  # keep KV states of earlier prompts: a step re-evaluates only its new tokens
+            # keep KV states of earlier prompts, so a step whose prompt extends an earlier one (this
+            # conversation's, or another's under batch concurrency) evaluates only its new tokens
+            "--cache", "true" if cache else "false",
             "--logits_all", "false",  # else it keeps n_ctx x vocab floats (5 GB at 8k for Qwen)
-            "--verbose", "true"]  # per-request timings into the log
+            "--verbose", "true"]  # per-request timings into the log (see `request_timings`)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+@dataclass(frozen=True)
+class RequestTiming:
+    """One completion as llama.cpp's log reports it: prompt tokens reused from cache and evaluated, and seconds."""
+
+    cached_tokens: int  # prompt prefix served from the KV cache
+    prompt_tokens: int  # evaluated for this request (the cached prefix excluded)
+    prompt_s: float
+    generated_tokens: int
+    generate_s: float
+    total_s: float
+
+
+_PERF = re.compile(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens.*?\n.*?eval time =\s*([\d.]+) ms /\s*(\d+) runs"
+                   r".*?\n.*?total time =\s*([\d.]+) ms")
+_PREFIX = re.compile(r"Llama\.generate: (\d+) prefix-match hit")
+
+
+def request_timings(log_text: str) -> list[RequestTiming]:
+    """Per-request timings from a server log written with `--verbose true`, in request order."""
+    timings, start = [], 0
+    for m in _PERF.finditer(log_text):
+        hits = _PREFIX.findall(log_text, start, m.start())
+        timings.append(RequestTiming(int(hits[-1]) if hits else 0, int(m[2]), float(m[1]) / 1000, int(m[4]),
+                                     float(m[3]) / 1000, float(m[5]) / 1000))
+        start = m.end()
+    return timings
+
+
+# Run in front of the server (Linux): ask the kernel to SIGKILL it when its parent dies, then exec it.
+# Done in a fresh interpreter rather than a preexec_fn, which would run Python between fork and exec
+# in our (threaded) process. PR_SET_PDEATHSIG survives exec; the ppid check closes the race where the
+# parent died before the prctl.
+_DIE_WITH_PARENT = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "
+                    "os.getppid() == int(sys.argv[1]) or sys.exit('parent gone'); os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def _with_parent_death(command: list[str]) -> list[str]:
+    if sys.platform != "linux":
+        return command
+    executable = shutil.which(command[0]) or command[0]
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), executable, *command[1:]]
 
 
 _live: set["LocalServer"] = set()
@@ -361,7 +399,8 @@ class LocalServer:
 
     Stopped on `stop()`, on leaving the `with` block (errors and Ctrl-C included), at interpreter
     exit, on SIGTERM (turned into SystemExit while a server lives) and, if this process is killed
-    outright, by the kernel (PR_SET_PDEATHSIG). Its stderr goes to `log_path`.
+    outright, by the kernel (PR_SET_PDEATHSIG: tied to the starting thread, so start it from one that
+    outlives it, such as the main thread). Its stderr goes to `log_path`.
     """
 
     def __init__(self, command: list[str], port: int, *, env: dict[str, str] | None = None,
@@ -390,9 +429,8 @@ class LocalServer:
         for var in ("HOST", "PORT", "MODEL", "CONFIG_FILE"):  # read by the server, would override our flags
             child_env.pop(var, None)
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            env=child_env, start_new_session=True,
-                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            self.process = subprocess.Popen(_with_parent_death(self.command), stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log, env=child_env, start_new_session=True)
         with _live_lock:
             _live.add(self)
         _trap_sigterm()
@@ -429,7 +467,7 @@ class LocalServer:
         except OSError:
             return "(no log)"
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 3.0) -> None:
         """Terminate the server's process group (SIGTERM, then SIGKILL after `grace` seconds). Idempotent."""
         process, self.process = self.process, None
         with _live_lock:
@@ -466,15 +504,27 @@ def _restore_sigterm() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def default_threads() -> int:
+    """`ANALYZE_LLM_THREADS`, else all cores but one: ggml's threads spin at barriers, so one more thread
+    than the free cores (the agent's own embedding, anything else running) slows it down manyfold."""
+    return int(os.environ.get("ANALYZE_LLM_THREADS") or max(1, (os.cpu_count() or 2) - 1))
+
+
 def start_local_server(model: Path, *, n_ctx: int, threads: int | None = None, alias: str = "local",
-                       startup_timeout: float = 180.0) -> LocalServer:
-    """Start llama-cpp-python's server for `model` on a free port and return it, ready (a context manager)."""
+                       cache: bool = True, startup_timeout: float = 180.0) -> LocalServer:
+    """Start llama-cpp-python's server for `model` on a free port and return it, ready (a context manager).
+
+    Threads: `default_threads()`. Log: `ANALYZE_LLM_LOG`, else a temporary file.
+    """
     if not llama_server_available():
         raise LocalLLMError(f"the local LLM needs llama-cpp-python[server]: {LOCAL_EXTRA_HINT}")
-    threads = threads or int(os.environ.get("ANALYZE_LLM_THREADS") or os.cpu_count() or 1)
+    threads = threads or default_threads()
+    log = os.environ.get("ANALYZE_LLM_LOG")
+    if log:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    server = LocalServer(server_command(model, port, n_ctx=n_ctx, threads=threads, alias=alias), port,
-                         startup_timeout=startup_timeout)
+    server = LocalServer(server_command(model, port, n_ctx=n_ctx, threads=threads, alias=alias, cache=cache), port,
+                         startup_timeout=startup_timeout, log_path=Path(log) if log else None)
     server.start()
     return server
 
@@ -535,3 +585,24 @@ def llm_options(func: F) -> F:
     return click.option("--llm", type=click.Choice(LLM_MODES), default="auto", show_default=True, envvar="ANALYZE_LLM",
                         help="local: a llama.cpp server started here; remote: OPENAI_BASE_URL/OPENAI_API_KEY; "
                              "auto: local unless either is set.")(func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.local_llm [PATH.gguf|KEY]`: assemble (first time) and check a model; print its path."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.local_llm", description=main.__doc__)
+    parser.add_argument("model", nargs="?", default=None, help=f"a GGUF file or one of {', '.join(MODELS)}")
+    args = parser.parse_args(argv)
+    try:
+        path, info = resolve_model(args.model)
+    except LocalLLMError as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return 1
+    server = "installed" if llama_server_available() else f"NOT installed: {LOCAL_EXTRA_HINT}"
+    print(f"{path}\n  {info.describe()}, context {info.context_length} tokens\n  llama-cpp-python[server]: {server}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

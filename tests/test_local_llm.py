@@ -357,3 +357,34 @@ def test_real_llama_server_answers_json_mode(tmp_path: Path) -> None:
         assert json.loads(reply.choices[0].message.content or "")["function"] == "send_message"
         pid = server.process.pid  # type: ignore[union-attr]
     assert _gone(pid)
+
+
+SERVER_LOG = """\
+Llama._create_completion: cache miss
+llama_perf_context_print:        load time =    4181.47 ms
+llama_perf_context_print: prompt eval time =   28853.27 ms /   812 tokens (   35.53 ms per token,    28.14 tokens per second)
+llama_perf_context_print:        eval time =   14967.29 ms /    34 runs   (  440.21 ms per token,     2.27 tokens per second)
+llama_perf_context_print:       total time =   46119.67 ms /   846 tokens
+INFO:     127.0.0.1:39676 - "POST /v1/chat/completions HTTP/1.1" 200 OK
+Llama.generate: 846 prefix-match hit, remaining 1093 prompt tokens to eval
+llama_perf_context_print:        load time =    4181.47 ms
+llama_perf_context_print: prompt eval time =   54643.31 ms /  1093 tokens (   49.99 ms per token,    20.00 tokens per second)
+llama_perf_context_print:        eval time =   15883.12 ms /    34 runs   (  467.15 ms per token,     2.14 tokens per second)
+llama_perf_context_print:       total time =   72845.22 ms /  1127 tokens
+"""
+
+
+def test_request_timings_from_the_server_log() -> None:
+    first, second = local_llm.request_timings(SERVER_LOG)
+    assert (first.cached_tokens, first.prompt_tokens, first.generated_tokens) == (0, 812, 34)
+    assert (second.cached_tokens, second.prompt_tokens) == (846, 1093)
+    assert second.prompt_s == pytest.approx(54.64331) and second.total_s == pytest.approx(72.84522)
+    assert local_llm.request_timings("no requests yet") == []
+
+
+def test_threads_leave_a_core_free_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANALYZE_LLM_THREADS", raising=False)
+    monkeypatch.setattr(local_llm.os, "cpu_count", lambda: 2)
+    assert local_llm.default_threads() == 1
+    monkeypatch.setenv("ANALYZE_LLM_THREADS", "4")
+    assert local_llm.default_threads() == 4
