@@ -1,7 +1,7 @@
 """`python -m pipeline.demo [OUT.jsonl] [--log LLAMA.log]`: the last step of `make demo`.
 
 Prints each answer of a batch output with its citations and its verdict against the gold answer,
-then, when the local LLM's log is given, what the prompt cache saved: prompt tokens sent vs. evaluated.
+then, when the local LLM's log is given, what the prompt cache saved in this run.
 """
 
 from __future__ import annotations
@@ -47,21 +47,19 @@ def format_record(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cache_summary(log_text: str, records: list[dict[str, Any]]) -> str:
-    """Prompt tokens the agent sent vs. those llama.cpp evaluated (the rest came from its prompt cache)."""
+def cache_summary(log_text: str) -> str:
+    """This run's llama.cpp requests: seconds, and prompt tokens evaluated vs. served from the prompt cache."""
     from pipeline.local_llm import request_timings
 
     timings = request_timings(log_text)
     if not timings:
-        return "llama.cpp log: no request timings found"
-    sent = sum(int((r.get("usage") or {}).get("prompt_tokens") or 0) for r in records)
+        return "llama.cpp: no requests in this run"
     evaluated = sum(t.prompt_tokens for t in timings)
+    cached = sum(t.cached_tokens for t in timings)
     seconds = sum(t.total_s for t in timings)
-    line = (f"llama.cpp: {len(timings)} requests, {seconds / len(timings):.1f}s each on average; "
-            f"prompt tokens evaluated {evaluated:,}")
-    if sent:
-        line += f" of {sent:,} sent ({1 - evaluated / sent:.0%} served from the prompt cache)"
-    return line
+    return (f"llama.cpp: {len(timings)} requests, {seconds / len(timings):.1f}s each on average; prompt tokens: "
+            f"{cached + evaluated:,} sent, {evaluated:,} evaluated, {cached / (cached + evaluated):.0%} from the "
+            f"prompt cache ({evaluated / len(timings):.0f} evaluated per request)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for record in records:
         print(format_record(record), end="\n\n")
     if args.log and args.log.is_file():
-        print(cache_summary(args.log.read_text(errors="replace"), records))
+        print(cache_summary(args.log.read_text(errors="replace")))
     return 0
 
 

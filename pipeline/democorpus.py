@@ -150,7 +150,8 @@ def _sentence(rng: random.Random) -> str:
     return f"{rng.choice(SUBJECTS)} {rng.choice(ACTIONS)} {rng.choice(OBJECTS)} {rng.choice(CLAUSES)}."
 
 
-def _paragraph(rng: random.Random, sentences: int) -> str:
+def filler_paragraph(rng: random.Random, sentences: int) -> str:
+    """Plausible manual prose with no facts in it: `sentences` sentences, one a general remark."""
     parts = [_sentence(rng) for _ in range(sentences - 1)] + [rng.choice(REMARKS)]
     rng.shuffle(parts)
     return " ".join(parts)
@@ -219,7 +220,7 @@ def write_manual(path: Path) -> None:
     contents = [f"Chapter {i}. {title} ........ page {first}" for i, (title, first, _) in enumerate(CHAPTERS, start=1)]
     _pdf_page(pdf, header, "Contents", contents, 2)
     for page in range(3, MANUAL_PAGES + 1):
-        paragraphs = [_paragraph(rng, rng.randint(5, 7)) for _ in range(4)]
+        paragraphs = [filler_paragraph(rng, rng.randint(5, 7)) for _ in range(4)]
         for fact in facts.get(page, []):
             paragraphs[1] = f"{paragraphs[1]} {fact.sentence}"
         _pdf_page(pdf, header, _heading(page), paragraphs, page)

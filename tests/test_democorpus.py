@@ -101,3 +101,8 @@ def test_unwritable_destination_is_one_line_error(tmp_path: Path, capsys: pytest
     assert main([str(tmp_path / "file" / "corpus")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write the demo corpus") and err.count("\n") == 1
+
+
+def test_committed_question_file_matches_the_generator() -> None:
+    committed = Path(__file__).resolve().parents[1] / "queries" / "demo.jsonl"
+    assert committed.read_text(encoding="utf-8").splitlines() == [json.dumps(f.record()) for f in FACTS]
