@@ -213,7 +213,7 @@ def write_manual(path: Path) -> None:
     facts = _facts_for(MANUAL)
     pdf = _pdf()
     pdf.set_title("Hydra-7 Centrifugal Pump - Installation, Operation and Service Manual")
-    header = "Norrvik Hydraulics - Hydra-7 Service Manual - Document NH-7-SM rev. C"
+    header = "Norrvik Hydraulics - Service Manual NH-7-SM rev. C"
     _pdf_page(pdf, header, "Hydra-7 Centrifugal Pump\nInstallation, Operation and Service Manual",
               ["Norrvik Hydraulics AS, Stavanger, Norway.", "Document NH-7-SM, revision C, issued November 2029.",
                "Read this manual completely before installing or operating the pump."], 1)
