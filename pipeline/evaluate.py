@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import string
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -207,7 +208,7 @@ def _write_chart(report: dict[str, Any], path: Path, title: str) -> None:
                     fontsize=8, xytext=(0, 2), textcoords="offset points")
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Accuracy by category: {title}", fontsize=10)
+    ax.set_title(textwrap.fill(f"Accuracy by category: {title}", 60), fontsize=9)
     ax.tick_params(axis="x", labelrotation=30 if len(names) > 5 else 0, labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
