@@ -187,6 +187,8 @@ def _sections(elements) -> list[Section]:
             sections.append(Section("\n\n".join(body), page, " > ".join(t for _, t in trail)))
             body.clear()
 
+    untold: tuple[int, str] | None = None  # the last title, while no body has followed it yet
+
     for element in elements:
         text = (element.text or "").strip()
         if not text:
@@ -195,16 +197,24 @@ def _sections(elements) -> list[Section]:
         if element.category == "Title" and len(text) <= 200:
             flush()
             depth = getattr(element.metadata, "category_depth", None) or 0
+            if untold is not None and depth <= untold[0]:  # a title with no body of its own is content
+                body.append(untold[1])
+                trail.pop()
+                flush()
             trail[:] = [(d, t) for d, t in trail if d < depth] + [(depth, text)]
+            untold = (depth, text)
             page = element_page
             continue
+        untold = None
         if element_page != page and body:
             flush()
         page = element_page
         body.append(text)
     flush()
-    if not sections and trail:  # a document of headings only
-        sections.append(Section("\n".join(t for _, t in trail), page, ""))
+    if untold is not None:  # trailing lines taken for titles (a short last line often is) are text too
+        body.append(untold[1])
+        trail.pop()
+        flush()
     if not sections:
         raise ParseError("no extractable text")
     return sections

@@ -136,6 +136,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # many concurrent clients (batch benchmarks) must not see refused connections
 
+    def handle_error(self, request, client_address) -> None:
+        """A client killed mid-request (the fault benchmark SIGKILLs one) is expected, not worth a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
 
 Handler = Callable[[dict[str, Any]], "dict[str, Any] | ChatReply | Fault"]
 

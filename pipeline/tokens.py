@@ -14,6 +14,7 @@ import json
 import math
 import re
 import threading
+from functools import lru_cache
 from typing import Any
 
 _PIECES = re.compile(r"[A-Za-z]+|[0-9]|[ \t]+|\n|[!-/:-@\[-`{-~]+|[^\sA-Za-z0-9]|\s")
@@ -22,6 +23,7 @@ REQUEST_OVERHEAD = 8  # the assistant prefix and template boilerplate
 SAFETY = 1.1
 
 
+@lru_cache(maxsize=8192)  # every step re-counts the same schemas and most of the same messages
 def estimate_text(text: str) -> int:
     """A conservative token count for `text` under any common BPE/SentencePiece tokenizer."""
     count = 0

@@ -118,3 +118,12 @@ def test_discover_skips_hidden_and_survives_symlink_loops(tmp_path):
     supported, unsupported = discover(tmp_path)
     assert [p.as_posix() for p in supported] == ["docs/a.pdf", "docs/b.TXT"]
     assert [p.as_posix() for p in unsupported] == ["image.png"]
+
+
+def test_short_lines_taken_for_titles_are_not_lost(tmp_path):
+    (tmp_path / "kv.txt").write_text("Key list\n\nkey: 3f2a9c\n\nvalue: 101fbccc-77aa\n")
+    (tmp_path / "heads.md").write_text("# One\n\n# Two\n\nBody of two.\n")
+    kv = " ".join(s.text for s in sections(tmp_path / "kv.txt"))
+    assert "101fbccc-77aa" in kv and "3f2a9c" in kv
+    heads = sections(tmp_path / "heads.md")
+    assert [(s.heading, s.text) for s in heads] == [("", "One"), ("Two", "Body of two.")]
