@@ -100,7 +100,7 @@ FACTS: tuple[Fact, ...] = (
          MINUTES, None, "Minutes of the meeting of the board of directors of Norrvik Hydraulics held on 12 March 2029 "
                         "in Stavanger."),
     Fact("q10", "How many pumps at the Bergen water treatment plant had worn bearings?",
-         ("three pumps", "3 pumps", "three of the", "3 of the"), "number",
+         ("three", "3 pumps", "3 had", "3 of"), "number",
          SITE_VISIT, None, "Of the eleven Hydra-7 pumps installed at the Bergen water treatment plant, three pumps "
                            "had worn bearings and were scheduled for overhaul."),
     Fact("q11", "Within how many days must new engineers complete Pump School?", ("30 days", "thirty days"), "number",

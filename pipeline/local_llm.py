@@ -329,6 +329,13 @@ def llama_server_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in SERVER_MODULES)
 
 
+# The RAM prompt cache counts only each state's KV bytes against its capacity, but every state also
+# keeps a copy of the logits buffer (n_batch x vocab floats: 311 MB for Qwen2.5). At the default 2 GiB
+# capacity the demo's server grew to 12 GB; 256 MiB keeps a few states (1-2 GB at most). The live KV
+# prefix match, which serves an append-only conversation, needs no cache entries at all.
+PROMPT_CACHE_BYTES = 256 << 20
+
+
 def server_command(model: Path, port: int, *, n_ctx: int, threads: int, alias: str, cache: bool = True) -> list[str]:
     """The argv for llama-cpp-python's server (flags as its `llama_cpp/server/settings.py` defines them)."""
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
@@ -336,7 +343,7 @@ def server_command(model: Path, port: int, *, n_ctx: int, threads: int, alias: s
             "--n_threads", str(threads), "--n_threads_batch", str(threads),
             # keep KV states of earlier prompts, so a step whose prompt extends an earlier one (this
             # conversation's, or another's under batch concurrency) evaluates only its new tokens
-            "--cache", "true" if cache else "false",
+            "--cache", "true" if cache else "false", "--cache_size", str(PROMPT_CACHE_BYTES),
             "--logits_all", "false",  # else it keeps n_ctx x vocab floats (5 GB at 8k for Qwen)
             "--verbose", "true"]  # per-request timings into the log (see `request_timings`)
 
