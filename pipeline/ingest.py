@@ -7,7 +7,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,14 +208,26 @@ def _process(todo: list[_Todo], archive: Archive, embedder, settings: Settings, 
 
     files_bar = tqdm(total=len(todo), desc="files", unit="file", disable=not progress)
     chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not progress)
-    pending: list[dict[str, Any]] = []  # chunk rows not yet written
+    unembedded: list[tuple[_Todo, Chunk]] = []  # gathered across files, so small files share a model call
+    waiting_docs: list[dict[str, Any]] = []  # finished documents whose last chunks are still unembedded
+    pending: list[dict[str, Any]] = []  # embedded chunk rows not yet written
     pending_docs: list[dict[str, Any]] = []
     to_clear: list[str] = []  # sources whose old chunks go before their first new ones
     cleared: set[str] = set()
     reuse: dict[str, Any] = {}  # content_hash -> vector of chunks stored before this run, for files in flight
     counts: dict[str, int] = {}
 
+    def embed() -> None:
+        if unembedded:
+            vectors = _vectors([chunk for _, chunk in unembedded], embedder, reuse, report)
+            pending.extend(_row(item, chunk, vector) for (item, chunk), vector in zip(unembedded, vectors))
+            chunks_bar.update(len(unembedded))
+            unembedded.clear()
+        pending_docs.extend(waiting_docs)
+        waiting_docs.clear()
+
     def flush() -> None:
+        embed()
         archive.write(pa.Table.from_pylist(pending, schema=schema) if pending else None,
                       replace_sources=list(to_clear), documents=list(pending_docs))
         cleared.update(to_clear)
@@ -227,35 +239,38 @@ def _process(todo: list[_Todo], archive: Archive, embedder, settings: Settings, 
                 reuse.update(archive.vectors_for([item.rel]))
             to_clear.append(item.rel)
 
+    def fail(item: _Todo, reason: str) -> None:
+        report.failures.append((item.rel, reason))
+        unembedded[:] = [(i, c) for i, c in unembedded if i.rel != item.rel]
+        pending[:] = [row for row in pending if row["source"] != item.rel]
+        counts.pop(item.rel, None)
+        if item.rel not in to_clear:  # chunks of it already written: delete them again
+            to_clear.append(item.rel)
+        waiting_docs.append(_failed_row(item.rel, item.path, item.sha, reason))
+
     try:
         while (message := items.get()) is not _DONE:
             kind, item, payload = message
             start(item)
             if kind == "chunks":
-                pending.extend(_rows(item, payload, _vectors(payload, embedder, reuse, report)))
+                unembedded.extend((item, chunk) for chunk in payload)
                 counts[item.rel] = counts.get(item.rel, 0) + len(payload)
-                chunks_bar.update(len(payload))
-            else:
-                if kind == "done":
-                    report.new += item.is_new
-                    report.changed += not item.is_new
-                    report.pages += payload or 0
-                    n = counts.pop(item.rel, 0)
-                    if n == 0:
-                        kind, payload = "failed", "no extractable text"
-                    else:
-                        pending_docs.append({"path": item.rel, "sha256": item.sha, "size": item.stat.st_size,
-                                             "mtime_ns": item.stat.st_mtime_ns, "pages": payload, "chunks": n,
-                                             "status": "ok", "error": None, "ingested_at": _now()})
-                if kind == "failed":
-                    report.failures.append((item.rel, payload))
-                    pending[:] = [row for row in pending if row["source"] != item.rel]
-                    report.chunks -= counts.pop(item.rel, 0)
-                    if item.rel not in to_clear:  # chunks of it already written: delete them again
-                        to_clear.append(item.rel)
-                    pending_docs.append(_failed_row(item.rel, item.path, item.sha, payload))
+            elif kind == "failed" or not counts.get(item.rel):
+                fail(item, payload if kind == "failed" else "no extractable text")
                 files_bar.update(1)
-            if len(pending) >= WRITE_BATCH or len(pending_docs) >= 256:
+            else:
+                report.new += item.is_new
+                report.changed += not item.is_new
+                report.pages += payload or 0
+                report.chunks += counts[item.rel]
+                waiting_docs.append({"path": item.rel, "sha256": item.sha, "size": item.stat.st_size,
+                                     "mtime_ns": item.stat.st_mtime_ns, "pages": payload,
+                                     "chunks": counts.pop(item.rel), "status": "ok", "error": None,
+                                     "ingested_at": _now()})
+                files_bar.update(1)
+            if len(unembedded) >= EMBED_BATCH or (unembedded and items.empty()):
+                embed()  # a full batch, or the parser is behind: never let the model wait
+            if len(pending) >= WRITE_BATCH or len(pending_docs) + len(waiting_docs) >= 256:
                 flush()
         flush()
     finally:
@@ -274,14 +289,12 @@ def _vectors(chunks: list[Chunk], embedder, reuse: dict[str, Any], report: Inges
         for i, vector in zip(missing, fresh):
             vectors[i] = vector
         report.embedded += len(missing)
-    report.chunks += len(chunks)
     return vectors
 
 
-def _rows(item: _Todo, chunks: list[Chunk], vectors: list[Any]) -> Iterator[dict[str, Any]]:
-    for chunk, vector in zip(chunks, vectors):
-        digest = chunk.content_hash
-        chunk_id = hashlib.sha256(f"{item.rel}\0{chunk.ordinal}\0{digest}".encode()).hexdigest()[:20]
-        yield {"chunk_id": chunk_id, "source": item.rel, "page": chunk.page, "page_end": chunk.page,
-               "heading": chunk.heading, "text": chunk.text, "content_hash": digest, "ordinal": chunk.ordinal,
-               "vector": vector}
+def _row(item: _Todo, chunk: Chunk, vector: Any) -> dict[str, Any]:
+    digest = chunk.content_hash
+    chunk_id = hashlib.sha256(f"{item.rel}\0{chunk.ordinal}\0{digest}".encode()).hexdigest()[:20]
+    return {"chunk_id": chunk_id, "source": item.rel, "page": chunk.page, "page_end": chunk.page,
+            "heading": chunk.heading, "text": chunk.text, "content_hash": digest, "ordinal": chunk.ordinal,
+            "vector": vector}
