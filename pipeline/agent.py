@@ -23,8 +23,6 @@ from pipeline.types import Answer, Citation, Step
 
 __all__ = ["Retriever", "answer", "system_prompt"]
 
-DEFAULT_TOP_K = 5
-
 _PROMPT = """You are pagefault, a careful document analyst. You answer questions about a document archive \
 far larger than what you can see at once, by searching it step by step.
 
@@ -91,7 +89,7 @@ class _Run:
                                recall=Recall(self.session.recall_path if self.session else None), log=log)
         self.context.load(state)
         self.toolbox = Toolbox(retriever, self.context, notes=list(state.get("notes", [])),
-                               top_k=int(settings.extra.get("top_k", DEFAULT_TOP_K)))
+                               top_k=settings.top_k)
         self.context.queue_room(*self._request_shape(forced=False))  # fail early on a hopeless window
         self.result = Answer(question=question, answer="")
         self.steps_taken = 0
@@ -122,7 +120,7 @@ class _Run:
     def _request_shape(self, *, forced: bool) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
         only = [FINAL] if forced else None
         if self.json_mode:
-            return None, step_format(only, kind=self.settings.extra.get("response_format", "json_schema"))
+            return None, step_format(only, kind=self.settings.response_format)
         return tool_schemas(only), None
 
     def _step(self, *, forced: bool) -> bool:

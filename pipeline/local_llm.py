@@ -556,7 +556,7 @@ def llm_endpoint(settings: Settings, *, llm: str = "auto", local_model: Path | s
     """Yield the settings to build the `openai` client from; for a local LLM, with its server running.
 
     Local: base_url/api_key/model (the GGUF's file stem) point at the child server, tool_mode becomes
-    "json" (llama.cpp's server fills no native tool calls), `extra["response_format"] = "json_object"`
+    "json" (llama.cpp's server fills no native tool calls), `response_format = "json_object"`
     tells the agent to send `{"type": "json_object", "schema": ...}` (llama-cpp-python rejects
     OpenAI's `json_schema` type), the request timeout grows to LOCAL_REQUEST_TIMEOUT_S, and the
     server's context is sized to `settings.context_window`.
@@ -578,7 +578,7 @@ def llm_endpoint(settings: Settings, *, llm: str = "auto", local_model: Path | s
         say(f"local LLM ready at {server.base_url} in {time.perf_counter() - started:.1f}s (log: {server.log_path})")
         yield settings.with_(base_url=server.base_url, api_key=LOCAL_API_KEY, model=path.stem, tool_mode="json",
                              request_timeout=max(settings.request_timeout, LOCAL_REQUEST_TIMEOUT_S),
-                             extra={**settings.extra, "response_format": "json_object"})
+                             response_format="json_object")
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -231,12 +231,12 @@ def test_json_mode_parses_one_object_per_step_and_feeds_back_malformed_json():
 
 
 def test_json_mode_can_send_llama_cpp_json_object_format():
-    settings_extra = {"response_format": "json_object"}
-    result, client, _ = run([json_reply("send_message", {"message": "no idea"})], tool_mode="json", extra=settings_extra)
+    result, client, _ = run([json_reply("send_message", {"message": "no idea"})], tool_mode="json",
+                            response_format="json_object")
     assert result.status == "ok"
     fmt = client.requests[0]["response_format"]
     assert fmt["type"] == "json_object" and fmt["schema"]["required"] == ["function", "arguments"]
-    bad, _, _ = run([], tool_mode="json", extra={"response_format": "grammar"})
+    bad, _, _ = run([], tool_mode="json", response_format="grammar")
     assert bad.status == "error" and "unknown response format 'grammar'" in bad.error
 
 

@@ -74,7 +74,7 @@ def test_json_tool_mode_and_context_window_options(clean_env, retriever):
 
 
 def test_no_endpoint_is_a_one_line_error(clean_env, retriever):
-    result = invoke(["Rating?"])
+    result = invoke(["Rating?", "--llm", "remote"])
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         "Error: no LLM endpoint configured: set OPENAI_BASE_URL (and OPENAI_API_KEY if it needs one)"]
@@ -97,3 +97,10 @@ def test_bad_options_are_usage_errors(clean_env, retriever):
     assert invoke(["   "], "http://127.0.0.1:9/v1").exit_code == 2
     assert invoke(["q", "--tool-mode", "grammar"]).exit_code == 2
     assert invoke(["q", "--context-window", "100"]).exit_code == 2
+
+
+def test_local_llm_without_llama_cpp_is_a_one_line_error(clean_env, retriever, monkeypatch):
+    monkeypatch.setattr("pipeline.local_llm.llama_server_available", lambda: False)
+    result = invoke(["Rating?", "--llm", "local"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "pip install '.[local]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1

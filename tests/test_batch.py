@@ -347,6 +347,19 @@ def test_cli_without_endpoint_exits_2_with_a_message(tmp_path: Path, monkeypatch
     assert result.exit_code == 2 and "no LLM endpoint configured" in result.stderr
 
 
+def test_cli_finished_batch_needs_no_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    f = tmp_path / "qs.txt"
+    f.write_text("a\n")
+    out = tmp_path / "o.jsonl"
+    out.write_text(json.dumps({"id": 1, "question": "a", "answer": "x", "status": "ok"}) + "\n")
+    for llm in ("remote", "local"):  # neither an endpoint nor a local server is started for nothing
+        result = CliRunner().invoke(main, ["batch", str(f), "-o", str(out), "--no-progress", "--llm", llm])
+        assert result.exit_code == 0, result.output
+    assert ids_in(out) == ["1"]
+
+
 # ------------------------------------------------------------------------------------- end to end over HTTP
 
 def test_batch_through_the_real_openai_client_and_agent_against_a_fake_endpoint(tmp_path: Path) -> None:

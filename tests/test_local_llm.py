@@ -183,7 +183,7 @@ def test_local_endpoint_points_settings_at_the_server(tmp_path: Path, monkeypatc
                       echo=lambda _: None) as resolved:
         assert (resolved.base_url, resolved.api_key, resolved.model, resolved.tool_mode) == (
             f"http://127.0.0.1:{port}/v1", "local", "m", "json")
-        assert resolved.extra["response_format"] == "json_object" and resolved.request_timeout >= 900
+        assert resolved.response_format == "json_object" and resolved.request_timeout >= 900
         assert seen == {"model": tmp_path / "m.gguf", "n_ctx": 3000, "alias": "m"}
         assert _get(f"{resolved.base_url}/models")["data"][0]["id"] == "stub"
     assert not _listening(port)

@@ -68,7 +68,7 @@ def _one_run(model: Path, *, cache: bool) -> dict[str, Any]:
     with start_local_server(model, n_ctx=CONTEXT_WINDOW, alias=model.stem, cache=cache) as server:
         settings = Settings.from_env(base_url=server.base_url, api_key="local", model=model.stem, tool_mode="json",
                                      context_window=CONTEXT_WINDOW, max_steps=MAX_STEPS, request_timeout=900.0,
-                                     extra={"response_format": "json_object"})
+                                     response_format="json_object")
         client = OpenAIChatClient(settings)
         started = time.perf_counter()
         result = answer(question.question, retriever=_FixedRetriever(),

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from pipeline.cli import store_option
+from pipeline.local_llm import llm_endpoint, llm_options
 from pipeline.types import Answer
 
 
@@ -47,11 +48,14 @@ def format_answer(result: Answer) -> str:
 @click.option("--session", help="Keep working memory and conversation across invocations under this name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer as one JSON object.")
 @click.option("--trace", is_flag=True, help="Show every step live on stderr.")
+@llm_options
 def command(question: str, store: str, model: str | None, context_window: int | None, tool_mode: str | None,
-            max_steps: int, top_k: int, session: str | None, as_json: bool, trace: bool) -> None:
+            max_steps: int, top_k: int, session: str | None, as_json: bool, trace: bool, llm: str,
+            local_model: str | None) -> None:
     """Answer QUESTION from archival memory; prints the answer and its numbered sources.
 
-    The endpoint is any OpenAI-compatible server: OPENAI_BASE_URL and OPENAI_API_KEY.
+    The endpoint is any OpenAI-compatible server (OPENAI_BASE_URL, OPENAI_API_KEY); with neither set, or with
+    --llm local, a local llama.cpp server is started for the question and stopped afterwards.
     """
     from pipeline.agent import answer
     from pipeline.config import Settings
@@ -60,15 +64,15 @@ def command(question: str, store: str, model: str | None, context_window: int | 
     if not question.strip():
         raise click.UsageError("the question is empty")
     settings = Settings.from_env(store=store, model=model, context_window=context_window, tool_mode=tool_mode,
-                                 max_steps=max_steps)
-    settings = settings.with_(extra={**settings.extra, "top_k": str(top_k)})
+                                 max_steps=max_steps, top_k=top_k)
     log = (lambda line: click.echo(line, err=True)) if trace else None
-    try:
-        client = make_client(settings, on_retry=log)
-    except LLMError as exc:
-        raise click.ClickException(str(exc)) from exc
     archive = open_archive(store)
-    result = answer(question, retriever=archive, client=client, settings=settings, session=session, trace=log)
+    with llm_endpoint(settings, llm=llm, local_model=local_model, echo=lambda m: click.echo(m, err=True)) as settings:
+        try:
+            client = make_client(settings, on_retry=log)
+        except LLMError as exc:
+            raise click.ClickException(str(exc)) from exc
+        result = answer(question, retriever=archive, client=client, settings=settings, session=session, trace=log)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     elif result.status == "ok":

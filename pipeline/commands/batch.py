@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import click
 
 from pipeline.cli import store_option
 from pipeline.config import Settings
-from pipeline.local_llm import llm_endpoint, llm_options
+from pipeline.local_llm import llm_endpoint, llm_options, wants_local
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -48,6 +49,10 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
     return answer_fn, {"model": settings.model, "store_version": archive.version}
 
 
+def _nothing_to_ask(question: str) -> Any:
+    raise AssertionError("every question is already answered")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]},
                epilog="Exit codes: 0 every question answered ok; 1 finished, but some records are errors "
                       "(including malformed input lines); 2 bad usage or input (unreadable FILE, no archive, "
@@ -55,8 +60,9 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Output JSONL (default outputs/<FILE stem>.jsonl); rerunning with the same OUT resumes.")
-@click.option("-c", "--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Questions answered at once, each with its own context.")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 64), default=None,
+              help="Questions answered at once, each with its own context (default 4; 1 with a local LLM, "
+                   "whose server answers one request at a time).")
 @click.option("--rpm", type=click.FloatRange(0, min_open=True), default=None,
               help="Cap on requests per minute to the endpoint (all workers together).")
 @click.option("--retry-errors", is_flag=True, help="Redo questions whose earlier record has status error.")
@@ -70,7 +76,7 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
 @click.option("--top-k", type=click.IntRange(1, 50), default=None, help="Search hits per page (default 5).")
 @llm_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
-def command(file: Path, out: Path | None, concurrency: int, rpm: float | None, retry_errors: bool, store: str,
+def command(file: Path, out: Path | None, concurrency: int | None, rpm: float | None, retry_errors: bool, store: str,
             model: str | None, tool_mode: str | None, max_steps: int | None, context_window: int | None,
             top_k: int | None, llm: str, local_model: str | None, progress: bool) -> None:
     """Answer every question in FILE into OUT, one JSON record per line.
@@ -93,9 +99,7 @@ def command(file: Path, out: Path | None, concurrency: int, rpm: float | None, r
     from pipeline.batch import BatchInputError, format_summary, key, load_output, read_questions, run_batch
 
     settings = Settings.from_env(store=store, model=model, tool_mode=tool_mode, max_steps=max_steps,
-                                 context_window=context_window)
-    if top_k is not None:
-        settings = settings.with_(extra={**settings.extra, "top_k": str(top_k)})
+                                 context_window=context_window, top_k=top_k)
     out = out or Path("outputs") / f"{file.stem}.jsonl"
     try:
         if out.resolve() == file.resolve():
@@ -113,10 +117,16 @@ def command(file: Path, out: Path | None, concurrency: int, rpm: float | None, r
     pinned = versions.pop() if len(versions) == 1 else None
     if pinned is not None:
         click.echo(f"Resuming at store version {pinned}, the version the earlier records read.", err=True)
+    answered = {key(r["id"]) for r in existing if r.get("status") == "ok" or not retry_errors}
+    nothing_to_ask = all(key(q.id) in answered for q in questions)
+    if concurrency is None:
+        concurrency = 1 if wants_local(llm, settings) else 4
+    endpoint = (contextlib.nullcontext(settings) if nothing_to_ask  # start no endpoint and no local server
+                else llm_endpoint(settings, llm=llm, local_model=local_model, echo=lambda m: click.echo(m, err=True)))
     try:
-        with llm_endpoint(settings, llm=llm, local_model=local_model,
-                          echo=lambda m: click.echo(m, err=True)) as settings:
-            answer_fn, meta = build_answer_fn(settings, rpm=rpm, store_version=pinned)
+        with endpoint as settings:
+            answer_fn, meta = ((_nothing_to_ask, {}) if nothing_to_ask
+                               else build_answer_fn(settings, rpm=rpm, store_version=pinned))
             result = run_batch(questions, out, answer_fn, concurrency=concurrency, retry_errors=retry_errors,
                                bad_lines=bad, meta=meta, progress=progress)
     except click.ClickException as exc:  # no endpoint, no archive, no local model
