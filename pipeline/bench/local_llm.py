@@ -88,7 +88,8 @@ def _one_run(model: Path, *, cache: bool) -> dict[str, Any]:
 
 
 def run(out_dir: Path) -> dict[str, Any]:
-    from pipeline.local_llm import default_threads, llama_server_available, resolve_model
+    from pipeline.gguf import resolve_model
+    from pipeline.local_llm import default_threads, llama_server_available
 
     if not llama_server_available():
         return {"skipped": "llama-cpp-python[server] is not installed (pip install '.[local]')"}
