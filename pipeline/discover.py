@@ -1,7 +1,8 @@
-"""Find the documents under a directory: supported extensions, no hidden files, safe against symlink loops."""
+"""Find the documents under a directory (supported extensions, no hidden files, safe against symlink loops); hash files."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -36,3 +37,8 @@ def discover(root: Path) -> tuple[list[Path], list[Path]]:
             rel = path.relative_to(root)
             (supported if path.suffix.lower() in SUPPORTED else unsupported).append(rel)
     return sorted(supported), sorted(unsupported)
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

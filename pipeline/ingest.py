@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pipeline.chunk import Chunk, chunk_sections
 from pipeline.config import Settings
-from pipeline.discover import discover
+from pipeline.discover import discover, sha256_file
 from pipeline.parse import ParseError, parse
 from pipeline.store import Archive, StoreMeta, chunk_schema, read_meta
 
@@ -59,14 +59,6 @@ class IngestReport:
                 "pages": self.pages, "chunks": self.chunks, "embedded": self.embedded,
                 "seconds": round(self.seconds, 3), "embed_seconds": round(self.embed_seconds, 3),
                 "chunks_per_s": round(self.chunks_per_s, 2)}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now() -> str:
@@ -116,7 +108,7 @@ def ingest_directory(root: Path, settings: Settings, *, progress: bool = True, r
             if not same:
                 touched.append(row | {"mtime_ns": stat.st_mtime_ns})
             continue
-        todo.append(_Todo(rel, path, sha or sha256_file(path), stat, is_new=row is None))
+        todo.append(_Todo(rel, path, sha, stat, is_new=row is None))
 
     failed_rows = []
     for rel_path in unsupported:
