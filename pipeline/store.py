@@ -98,7 +98,7 @@ class Archive:
             raise StoreError(f"no archive at {path}: run `analyze ingest DIR` first (or pass --store)")
         archive = cls(path, lancedb.connect(str(path)), meta, embedder=embedder)
         if version is not None:
-            archive.chunks.checkout(version)
+            archive.pin(version)
         return archive
 
     @classmethod
@@ -112,7 +112,7 @@ class Archive:
                                  "re-embed everything".format(path, "; ".join(existing.mismatch(meta))))
         path.mkdir(parents=True, exist_ok=True)
         db = lancedb.connect(str(path))
-        names = set(db.list_tables().tables) if hasattr(db.list_tables(), "tables") else set(db.table_names())
+        names = set(db.list_tables().tables)
         if rebuild or existing != meta:
             for name in (CHUNKS, DOCUMENTS):
                 if name in names:
@@ -124,6 +124,10 @@ class Archive:
             db.create_table(DOCUMENTS, schema=DOCUMENT_SCHEMA)
         write_meta(path, meta)
         return cls(path, db, meta, embedder=embedder)
+
+    def pin(self, version: int | None = None) -> None:
+        """Read the chunks table at `version` (default: the current one) from now on, whatever ingest writes."""
+        self.chunks.checkout(self.version if version is None else version)
 
     @property
     def version(self) -> int:
@@ -224,14 +228,8 @@ class Archive:
     def _fts(self, query: str, limit: int) -> pa.Table:
         from lancedb.query import MatchQuery
 
-        try:
-            return (self.chunks.search(MatchQuery(query, "text"), query_type="fts").select([*self._COLUMNS, "_score"])
-                    .limit(limit).with_row_id(True).to_arrow())
-        except Exception as exc:
-            if "no inverted index" in str(exc).lower() or "index" in str(exc).lower():
-                self.refresh_indexes()
-                return self._fts(query, limit)
-            raise
+        return (self.chunks.search(MatchQuery(query, "text"), query_type="fts").select([*self._COLUMNS, "_score"])
+                .limit(limit).with_row_id(True).to_arrow())
 
     @staticmethod
     def _fuse(query: str, vector: pa.Table, fts: pa.Table, limit: int) -> pa.Table:

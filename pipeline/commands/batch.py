@@ -35,9 +35,8 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
     from pipeline.store import Archive, StoreError
 
     try:
-        archive = Archive.open(settings.store, version=store_version)
-        if store_version is None:  # pin the latest version now, so ingest running beside us changes nothing
-            archive = Archive.open(settings.store, version=archive.version)
+        archive = Archive.open(settings.store)
+        archive.pin(store_version)  # the latest version unless resuming: ingest beside us changes nothing
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # a missing version, a corrupt store: say what and where

@@ -71,5 +71,4 @@ def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_
 
 
 def _hit_json(hit) -> dict:
-    return {"chunk_id": hit.chunk_id, "source": hit.source, "page": hit.page, "heading": hit.heading,
-            "text": hit.text, "score": hit.score}
+    return {key: value for key, value in hit.to_dict().items() if key != "page_end"}
