@@ -41,8 +41,8 @@ def chunk_sections(sections: Iterable[Section], tokenizer, *, max_tokens: int, o
 
 
 def split_text(text: str, tokenizer, *, max_tokens: int, overlap: int) -> list[str]:
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    offsets = encoding["offset_mapping"]
+    """Cut `text` into windows of `max_tokens` pieces of `tokenizer` (a `tokenizers.Tokenizer`)."""
+    offsets = tokenizer.encode(text, add_special_tokens=False).offsets
     n = len(offsets)
     pieces: list[str] = []
     start = 0

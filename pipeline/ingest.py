@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import queue
-import threading
+import sys
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,15 @@ from tqdm import tqdm
 from pipeline.chunk import Chunk, chunk_sections
 from pipeline.config import Settings
 from pipeline.discover import discover, sha256_file
+from pipeline.embed import EmbedPool, available_cores
 from pipeline.parse import ParseError, parse
 from pipeline.store import Archive, StoreMeta, chunk_schema, read_meta
 
 EXIT_FAILURES = 2  # `analyze ingest` exits with this when any file failed (the rest still landed)
 WRITE_BATCH = 512  # chunks buffered before a write to LanceDB
-EMBED_BATCH = 128  # chunks handed to the model at once
+EMBED_BATCH = 256  # chunks handed to the model at once (it sorts them by length: bigger batches pad less)
+POOL_MIN_BYTES = 1 << 20  # less to ingest than this, and loading a model copy per worker costs more than it saves
+MAX_AUTO_WORKERS = 4  # embedding processes used by default (each holds a model copy)
 
 
 @dataclass
@@ -38,7 +43,7 @@ class IngestReport:
     chunks: int = 0  # chunks written in this run
     embedded: int = 0  # of which freshly embedded (the rest reused a stored vector of the same text)
     seconds: float = 0.0
-    embed_seconds: float = 0.0  # time spent inside the model
+    embed_seconds: float = 0.0  # time spent embedding here, or waiting for the embedding workers
 
     @property
     def failed(self) -> int:
@@ -157,41 +162,26 @@ def _failed_row(rel: str, path: Path, sha: str | None, reason: str) -> dict[str,
             "status": "failed", "error": reason, "ingested_at": _now()}
 
 
-# --- the streaming part: parse+chunk in a thread, embed+write here ---------------------------------------------
+# --- the streaming part: parse+chunk here, embed in workers (or inline), write here ------------------------------
 
-_DONE = object()
+@dataclass
+class _Batch:
+    """Chunks sent to the model together, and the documents whose last chunk is among them or before."""
+
+    pairs: list[tuple[_Todo, Chunk]]
+    vectors: list[Any]  # a stored vector reused by content hash, or None where the model supplies one
+    texts: list[str]  # what the model embeds: the texts of the chunks without a vector
+    future: "Future[Any] | None"
+    documents: list[dict[str, Any]]
 
 
-def _produce(todo: list[_Todo], tokenizer, settings: Settings, out: "queue.Queue[Any]", stop: threading.Event) -> None:
-    """Parse and chunk files in order, putting ("chunks", item, [Chunk]), ("done", item, pages) or ("failed", ...).
-
-    The thread runs at the lowest priority: the model's threads spin on every core, and a parser competing
-    with them at equal priority halves their throughput (measured); niced, it parses in their gaps instead.
-    """
-    with contextlib.suppress(AttributeError, OSError):  # per-thread nice is a Linux feature
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    try:
-        for item in todo:
-            if stop.is_set():
-                return
-            try:
-                parsed = parse(item.path)
-                batch: list[Chunk] = []
-                for chunk in chunk_sections(parsed.sections, tokenizer, max_tokens=settings.chunk_tokens,
-                                            overlap=settings.chunk_overlap):
-                    batch.append(chunk)
-                    if len(batch) >= EMBED_BATCH:
-                        out.put(("chunks", item, batch))
-                        batch = []
-                if batch:
-                    out.put(("chunks", item, batch))
-                out.put(("done", item, parsed.pages))
-            except ParseError as exc:
-                out.put(("failed", item, str(exc)))
-            except Exception as exc:  # a parser bug on one file must not sink the corpus
-                out.put(("failed", item, f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"))
-    finally:
-        out.put(_DONE)
+def embed_workers(settings: Settings, todo_bytes: int) -> int:
+    """How many embedding processes to use: `settings.embed_workers`, or by default one per core (at most
+    MAX_AUTO_WORKERS) when there are several cores and enough work to repay loading a model copy in each."""
+    if settings.embed_workers:
+        return settings.embed_workers
+    cores = available_cores()
+    return min(cores, MAX_AUTO_WORKERS) if cores > 1 and todo_bytes >= POOL_MIN_BYTES else 1
 
 
 def _process(todo: list[_Todo], archive: Archive, embedder, settings: Settings, report: IngestReport,
@@ -199,96 +189,147 @@ def _process(todo: list[_Todo], archive: Archive, embedder, settings: Settings, 
     if settings.chunk_tokens > embedder.max_tokens:
         raise ValueError(f"chunk size {settings.chunk_tokens} exceeds the embedder's limit of "
                          f"{embedder.max_tokens} tokens: chunks would be truncated")
-    schema = chunk_schema(archive.meta.dim)
-    items: "queue.Queue[Any]" = queue.Queue(maxsize=8)
-    stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(todo, embedder.new_tokenizer(), settings, items, stop), daemon=True)
-    producer.start()
-
-    files_bar = tqdm(total=len(todo), desc="files", unit="file", disable=not progress)
-    chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not progress)
-    unembedded: list[tuple[_Todo, Chunk]] = []  # gathered across files, so small files share a model call
-    waiting_docs: list[dict[str, Any]] = []  # finished documents whose last chunks are still unembedded
-    pending: list[dict[str, Any]] = []  # embedded chunk rows not yet written
-    pending_docs: list[dict[str, Any]] = []
-    to_clear: list[str] = []  # sources whose old chunks go before their first new ones
-    cleared: set[str] = set()
-    reuse: dict[str, Any] = {}  # content_hash -> vector of chunks stored before this run, for files in flight
-    counts: dict[str, int] = {}
-
-    def embed() -> None:
-        if unembedded:
-            vectors = _vectors([chunk for _, chunk in unembedded], embedder, reuse, report)
-            pending.extend(_row(item, chunk, vector) for (item, chunk), vector in zip(unembedded, vectors))
-            chunks_bar.update(len(unembedded))
-            unembedded.clear()
-        pending_docs.extend(waiting_docs)
-        waiting_docs.clear()
-
-    def flush() -> None:
-        embed()
-        archive.write(pa.Table.from_pylist(pending, schema=schema) if pending else None,
-                      replace_sources=list(to_clear), documents=list(pending_docs))
-        cleared.update(to_clear)
-        pending.clear(), pending_docs.clear(), to_clear.clear()
-
-    def start(item: _Todo) -> None:
-        if item.rel not in cleared and item.rel not in to_clear:
-            if not item.is_new:
-                reuse.update(archive.vectors_for([item.rel]))
-            to_clear.append(item.rel)
-
-    def fail(item: _Todo, reason: str) -> None:
-        report.failures.append((item.rel, reason))
-        unembedded[:] = [(i, c) for i, c in unembedded if i.rel != item.rel]
-        pending[:] = [row for row in pending if row["source"] != item.rel]
-        counts.pop(item.rel, None)
-        if item.rel not in to_clear:  # chunks of it already written: delete them again
-            to_clear.append(item.rel)
-        waiting_docs.append(_failed_row(item.rel, item.path, item.sha, reason))
-
-    try:
-        while (message := items.get()) is not _DONE:
-            kind, item, payload = message
-            start(item)
-            if kind == "chunks":
-                unembedded.extend((item, chunk) for chunk in payload)
-                counts[item.rel] = counts.get(item.rel, 0) + len(payload)
-            elif kind == "failed" or not counts.get(item.rel):
-                fail(item, payload if kind == "failed" else "no extractable text")
-                files_bar.update(1)
-            else:
-                report.new += item.is_new
-                report.changed += not item.is_new
-                report.pages += payload or 0
-                report.chunks += counts[item.rel]
-                waiting_docs.append({"path": item.rel, "sha256": item.sha, "size": item.stat.st_size,
-                                     "mtime_ns": item.stat.st_mtime_ns, "pages": payload,
-                                     "chunks": counts.pop(item.rel), "status": "ok", "error": None,
-                                     "ingested_at": _now()})
-                files_bar.update(1)
-            if len(unembedded) >= EMBED_BATCH or (unembedded and items.empty()):
-                embed()  # a full batch, or the parser is behind: never let the model wait
-            if len(pending) >= WRITE_BATCH or len(pending_docs) + len(waiting_docs) >= 256:
-                flush()
-        flush()
-    finally:
-        stop.set()
-        files_bar.close(), chunks_bar.close()
+    workers = embed_workers(settings, sum(item.stat.st_size for item in todo))
+    with EmbedPool(embedder, workers) if workers > 1 else contextlib.nullcontext(embedder) as encoder:
+        _Stream(archive, embedder, encoder, workers, report, progress, len(todo)).run(todo, settings)
 
 
-def _vectors(chunks: list[Chunk], embedder, reuse: dict[str, Any], report: IngestReport) -> list[Any]:
-    hashes = [c.content_hash for c in chunks]
-    missing = [i for i, h in enumerate(hashes) if h not in reuse]
-    vectors: list[Any] = [reuse.get(h) for h in hashes]
-    if missing:
-        t0 = time.perf_counter()
-        fresh = embedder.encode([chunks[i].text for i in missing])
-        report.embed_seconds += time.perf_counter() - t0
-        for i, vector in zip(missing, fresh):
-            vectors[i] = vector
-        report.embedded += len(missing)
-    return vectors
+class _Stream:
+    """Parses files in order in this process while the model embeds earlier chunks; writes in order.
+
+    At most 2 batches per worker are in flight, so memory stays bounded however long the corpus. A document's
+    row is written only after all its chunks (it rides on the batch holding its last chunk): the commit point.
+    """
+
+    def __init__(self, archive: Archive, embedder, encoder, workers: int, report: IngestReport, progress: bool,
+                 files: int) -> None:
+        self.archive, self.embedder, self.encoder, self.workers = archive, embedder, encoder, workers
+        self.report = report
+        self.schema = chunk_schema(archive.meta.dim)
+        self.files_bar = tqdm(total=files, desc="files", unit="file", disable=not progress)
+        self.chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not progress)
+        self.unembedded: list[tuple[_Todo, Chunk]] = []  # gathered across files, so small files share a batch
+        self.finished: list[dict[str, Any]] = []  # document rows waiting for the next batch
+        self.inflight: deque[_Batch] = deque()
+        self.pending: list[dict[str, Any]] = []  # embedded chunk rows not yet written
+        self.pending_docs: list[dict[str, Any]] = []
+        self.to_clear: list[str] = []  # sources whose old chunks go before their first new ones
+        self.cleared: set[str] = set()
+        self.failed: set[str] = set()
+        self.reuse: dict[str, Any] = {}  # content_hash -> vector of chunks stored before this run
+
+    def run(self, todo: list[_Todo], settings: Settings) -> None:
+        tokenizer = self.embedder.tokenizer
+        try:
+            for item in todo:
+                self._start(item)
+                chunks, pages = 0, None
+                try:
+                    parsed = parse(item.path)
+                    pages = parsed.pages
+                    for chunk in chunk_sections(parsed.sections, tokenizer, max_tokens=settings.chunk_tokens,
+                                                overlap=settings.chunk_overlap):
+                        self.unembedded.append((item, chunk))
+                        chunks += 1
+                        if len(self.unembedded) >= EMBED_BATCH:
+                            self._submit(self.unembedded[:EMBED_BATCH], documents=True)
+                            del self.unembedded[:EMBED_BATCH]
+                except ParseError as exc:
+                    self._fail(item, str(exc))
+                except Exception as exc:  # a parser bug on one file must not sink the corpus
+                    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                    self._fail(item, f"unexpected {type(exc).__name__}: {first}")
+                else:
+                    if chunks:
+                        self._done(item, pages, chunks)
+                    else:
+                        self._fail(item, "no extractable text")
+                self.files_bar.update(1)
+            tail = self.unembedded  # the last chunks, shared out so that every worker finishes together
+            share = -(-len(tail) // self.workers) or 1
+            pieces = [tail[i:i + share] for i in range(0, len(tail), share)] or [[]]
+            for n, piece in enumerate(pieces, start=1):
+                self._submit(piece, documents=n == len(pieces))
+            self.unembedded = []
+            while self.inflight:
+                self._harvest()
+            self._flush()
+        finally:
+            self.files_bar.close(), self.chunks_bar.close()
+
+    def _start(self, item: _Todo) -> None:
+        if not item.is_new:
+            self.reuse.update(self.archive.vectors_for([item.rel]))
+        self.to_clear.append(item.rel)
+
+    def _done(self, item: _Todo, pages: int | None, chunks: int) -> None:
+        self.report.new += item.is_new
+        self.report.changed += not item.is_new
+        self.report.pages += pages or 0
+        self.report.chunks += chunks
+        self.finished.append({"path": item.rel, "sha256": item.sha, "size": item.stat.st_size,
+                              "mtime_ns": item.stat.st_mtime_ns, "pages": pages, "chunks": chunks,
+                              "status": "ok", "error": None, "ingested_at": _now()})
+
+    def _fail(self, item: _Todo, reason: str) -> None:
+        self.report.failures.append((item.rel, reason))
+        self.failed.add(item.rel)
+        self.unembedded = [(i, c) for i, c in self.unembedded if i.rel != item.rel]
+        self.pending = [row for row in self.pending if row["source"] != item.rel]
+        if item.rel in self.cleared:  # chunks of it already written: delete them again
+            self.to_clear.append(item.rel)
+        self.finished.append(_failed_row(item.rel, item.path, item.sha, reason))
+
+    def _submit(self, pairs: list[tuple[_Todo, Chunk]], *, documents: bool) -> None:
+        """Send the chunks without a reusable vector to the model; `documents`: the finished rows go along."""
+        vectors = [self.reuse.get(chunk.content_hash) for _, chunk in pairs]
+        texts = [chunk.text for (_, chunk), vector in zip(pairs, vectors) if vector is None]
+        started = time.perf_counter()
+        try:
+            future = self.encoder.submit(texts) if texts else None
+        except BrokenProcessPool as exc:
+            self._embed_here(exc)
+            future = self.encoder.submit(texts)
+        self.report.embed_seconds += time.perf_counter() - started
+        self.inflight.append(_Batch(pairs, vectors, texts, future, self.finished if documents else []))
+        if documents:
+            self.finished = []
+        while self.inflight and (len(self.inflight) > 2 * self.workers or self.inflight[0].future is None
+                                 or self.inflight[0].future.done()):
+            self._harvest()
+
+    def _harvest(self) -> None:
+        """Take the oldest batch's vectors, waiting for them, and write when enough rows piled up."""
+        batch = self.inflight[0]
+        if batch.future is not None:
+            started = time.perf_counter()
+            try:
+                fresh = iter(batch.future.result())
+            except BrokenProcessPool as exc:
+                self._embed_here(exc)
+                fresh = iter(self.embedder.encode(batch.texts))
+            self.report.embed_seconds += time.perf_counter() - started
+            self.report.embedded += sum(vector is None for vector in batch.vectors)
+            batch.vectors = [next(fresh) if vector is None else vector for vector in batch.vectors]
+        self.inflight.popleft()
+        self.pending.extend(_row(item, chunk, vector) for (item, chunk), vector in zip(batch.pairs, batch.vectors)
+                            if item.rel not in self.failed)
+        self.pending_docs.extend(batch.documents)
+        self.chunks_bar.update(len(batch.pairs))
+        if len(self.pending) >= WRITE_BATCH or len(self.pending_docs) >= 256:
+            self._flush()
+
+    def _embed_here(self, exc: BaseException) -> None:
+        """The workers died (killed for memory, or unable to start): carry on embedding in this process."""
+        if self.encoder is not self.embedder:
+            tqdm.write(f"embedding workers failed ({exc}); embedding in this process instead", file=sys.stderr)
+            self.encoder, self.workers = self.embedder, 1
+
+    def _flush(self) -> None:
+        rows = pa.Table.from_pylist(self.pending, schema=self.schema) if self.pending else None
+        self.archive.write(rows, replace_sources=self.to_clear, documents=self.pending_docs)
+        self.cleared.update(self.to_clear)
+        self.pending, self.pending_docs, self.to_clear = [], [], []
 
 
 def _row(item: _Todo, chunk: Chunk, vector: Any) -> dict[str, Any]:

