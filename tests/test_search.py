@@ -92,6 +92,19 @@ def test_cli_ingest_exit_code_and_summary(tmp_path):
     assert "skipped b.pdf: corrupt" in out.output and "1 new" in out.output and "1 failed" in out.output
 
 
+def test_cli_ingest_workers_option_and_env(tmp_path, monkeypatch):
+    import pipeline.ingest
+
+    seen = []
+    monkeypatch.setattr(pipeline.ingest, "ingest_directory",
+                        lambda directory, settings, **kw: seen.append(settings.embed_workers) or pipeline.ingest.IngestReport())
+    (tmp_path / "docs").mkdir()
+    CliRunner().invoke(main, ["ingest", str(tmp_path / "docs"), "--workers", "2"], catch_exceptions=False)
+    monkeypatch.setenv("ANALYZE_EMBED_WORKERS", "3")
+    CliRunner().invoke(main, ["ingest", str(tmp_path / "docs")], catch_exceptions=False)
+    assert seen == [2, 3]
+
+
 def test_help_is_light():
     code = ("import sys; from click.testing import CliRunner; from pipeline.cli import main;"
             "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0;"
