@@ -14,9 +14,10 @@ import os
 import signal
 import sys
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -135,15 +136,21 @@ class EmbedPool:
     def __init__(self, embedder: Embedder, workers: int) -> None:
         self.workers = workers
         threads = max(1, available_cores() // workers)
-        self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker,
-                                             initargs=(embedder.name, embedder.batch_size, threads, os.getpid()))
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                             initargs=(embedder.name, embedder.batch_size, threads, os.getpid(),
+                                                       self._stop))
 
     def submit(self, texts: list[str]) -> "Future[np.ndarray]":
         return self._executor.submit(_encode_in_worker, texts)
 
     def close(self, *, cancel: bool = False) -> None:
-        self._executor.shutdown(wait=not cancel, cancel_futures=cancel)
+        """Wait for the workers to finish, or with `cancel` (an error, Ctrl-C) drop the queued batches and stop
+        the running ones after their current model call (about 2 s), rather than minutes later."""
+        if cancel:
+            self._stop.set()
+        self._executor.shutdown(wait=True, cancel_futures=cancel)
 
     def __enter__(self) -> "EmbedPool":
         return self
@@ -153,20 +160,31 @@ class EmbedPool:
 
 
 _worker: Embedder | None = None
+_stop: Any = None  # the pool's stop event
 
 
-def _start_worker(name: str, batch_size: int, threads: int, parent: int) -> None:
-    global _worker
+def _start_worker(name: str, batch_size: int, threads: int, parent: int, stop: Any) -> None:
+    global _worker, _stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it shuts the pool down
     if sys.platform == "linux":  # die with the parent even when it is SIGKILLed
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:
             os._exit(1)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    _stop = stop
     _worker = Embedder(name, batch_size=batch_size, threads=threads)
     _worker.model  # load now, while the parent parses the first files
 
 
 def _encode_in_worker(texts: list[str]) -> np.ndarray:
+    """`encode`, one model batch at a time so that a stop takes effect between them. Longest texts first, as
+    sentence-transformers orders them itself, so the batches pad no more than one `encode` call would."""
     assert _worker is not None
-    return _worker.encode(texts)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    vectors = np.zeros((len(texts), _worker.dim), dtype=np.float32)
+    for start in range(0, len(texts), _worker.batch_size):
+        if _stop.is_set():
+            raise CancelledError("embedding pool closed")
+        rows = order[start:start + _worker.batch_size]
+        vectors[rows] = _worker.encode([texts[i] for i in rows])
+    return vectors

