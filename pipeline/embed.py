@@ -6,13 +6,11 @@ CPU is faster than torch's own threads and leaves this process free to parse.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from functools import cached_property
@@ -20,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.children import die_with_parent
 
 
 def resolve_model_dir(name: str) -> Path:
@@ -166,10 +166,7 @@ _stop: Any = None  # the pool's stop event
 def _start_worker(name: str, batch_size: int, threads: int, parent: int, stop: Any) -> None:
     global _worker, _stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it shuts the pool down
-    if sys.platform == "linux":  # die with the parent even when it is SIGKILLed
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(1)
+    die_with_parent(parent)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     _stop = stop
     _worker = Embedder(name, batch_size=batch_size, threads=threads)

@@ -104,10 +104,9 @@ def request_timings(log_text: str) -> list[RequestTiming]:
 
 # Run in front of the server (Linux): ask the kernel to SIGKILL it when its parent dies, then exec it.
 # Done in a fresh interpreter rather than a preexec_fn, which would run Python between fork and exec
-# in our (threaded) process. PR_SET_PDEATHSIG survives exec; the ppid check closes the race where the
-# parent died before the prctl.
-_DIE_WITH_PARENT = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "
-                    "os.getppid() == int(sys.argv[1]) or sys.exit('parent gone'); os.execv(sys.argv[2], sys.argv[2:])")
+# in our (threaded) process. PR_SET_PDEATHSIG survives exec.
+_DIE_WITH_PARENT = ("import os, sys; from pipeline.children import die_with_parent; "
+                    "die_with_parent(int(sys.argv[1])); os.execv(sys.argv[2], sys.argv[2:])")
 
 
 def _with_parent_death(command: list[str]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,19 @@ def tiny_archive(tmp_path_factory, embedder):
     report = ingest_directory(root, settings, progress=False, embedder=embedder)
     assert report.failed == 0, report.failures
     return Archive.open(settings.store, embedder=embedder)
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (a dead child not yet reaped by whoever inherited it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def gone(pid: int, within: float = 15.0) -> bool:
+    """Whether process `pid` has ended, waiting up to `within` seconds for it to."""
+    deadline = time.monotonic() + within
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)

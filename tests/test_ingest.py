@@ -6,13 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import write_pdf, write_tiny_corpus
+from conftest import gone, write_pdf, write_tiny_corpus
 from pipeline.config import Settings
 from pipeline import ingest
 from pipeline.ingest import ingest_directory
@@ -142,13 +141,6 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def alive(pid: int) -> bool:
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("when, at, workers", [("mid", 3, 1), ("before", 5, 1), ("mid", 4, 2)])
 def test_sigkill_then_rerun_equals_a_clean_run(corpus, tmp_path, embedder, when, at, workers):
     write_pdf(corpus / "long.pdf", [f"Page {i} describes valve {i} and its torque of {i * 3} Nm." for i in range(1, 9)])
@@ -162,10 +154,7 @@ def test_sigkill_then_rerun_equals_a_clean_run(corpus, tmp_path, embedder, when,
     assert proc.returncode == -9, proc.stderr[-2000:]
     workers_pids = [int(pid) for pid in proc.stdout.split()]
     assert len(workers_pids) == (workers if workers > 1 else 0)
-    deadline = time.monotonic() + 20
-    while any(map(alive, workers_pids)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(map(alive, workers_pids)), "embedding workers outlived their killed parent"
+    assert all(gone(pid, within=20) for pid in workers_pids), "embedding workers outlived their killed parent"
     ingest_directory(corpus, Settings.from_env(store=crashed), progress=False, embedder=embedder)
     assert snapshot(crashed) == snapshot(clean.store)
 

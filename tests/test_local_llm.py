@@ -13,13 +13,13 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from conftest import alive, gone
 from pipeline import gguf, local_llm
 from pipeline.config import Settings
 from pipeline.gguf import (LocalLLMError, ModelSpec, assemble_model, check_gguf, read_gguf_header, resolve_model,
@@ -250,27 +250,12 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    """Running and not a zombie (a dead child not yet reaped by whoever inherited it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def _gone(pid: int, within: float = 15.0) -> bool:
-    deadline = time.monotonic() + within
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not _alive(pid)
-
-
 def test_start_wait_answer_stop(tmp_path: Path) -> None:
     server = _server(tmp_path)
     with server:
         assert server.ready() and _get(f"{server.base_url}/models")["data"][0]["id"] == "stub"
         pid = server.process.pid  # type: ignore[union-attr]
-    assert server.process is None and _gone(pid) and not _listening(server.port)
+    assert server.process is None and gone(pid) and not _listening(server.port)
     server.stop()  # idempotent
 
 
@@ -279,7 +264,7 @@ def test_error_inside_block_still_stops_server(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"), server:
         pid = server.process.pid  # type: ignore[union-attr]
         raise RuntimeError("boom")
-    assert _gone(pid)
+    assert gone(pid)
 
 
 def test_server_that_dies_at_startup_reports_its_stderr(tmp_path: Path) -> None:
@@ -300,12 +285,12 @@ def test_stop_escalates_to_sigkill_and_takes_the_process_group(tmp_path: Path) -
     pid = server.process.pid  # type: ignore[union-attr]
     child = int(server.log_path.read_text().split("child ")[1].split()[0])
     server.stop(grace=0.5)
-    assert _gone(pid) and _gone(child)
+    assert gone(pid) and gone(child)
     term_ignoring = _server(tmp_path, "ignore-term")
     term_ignoring.start()
     pid = term_ignoring.process.pid  # type: ignore[union-attr]
     term_ignoring.stop(grace=0.5)
-    assert _gone(pid)
+    assert gone(pid)
 
 
 OWNER = textwrap.dedent('''
@@ -329,12 +314,12 @@ def test_no_orphan_server_when_the_owner_is_interrupted_or_killed(tmp_path: Path
         line = owner.stdout.readline()  # type: ignore[union-attr]
         assert line.strip().isdigit(), owner.stderr.read()  # type: ignore[union-attr]
         server_pid = int(line)
-        assert _alive(server_pid)
+        assert alive(server_pid)
         owner.send_signal(sig)
         owner.wait(30)
         if sig == signal.SIGTERM:  # turned into SystemExit: a clean exit that stopped the server itself
             assert owner.returncode == 128 + signal.SIGTERM
-        assert _gone(server_pid), f"server {server_pid} outlived its owner after {sig.name}"
+        assert gone(server_pid), f"server {server_pid} outlived its owner after {sig.name}"
     finally:
         owner.kill()
         owner.wait()
@@ -366,7 +351,7 @@ def test_real_llama_server_answers_json_mode(tmp_path: Path) -> None:
             response_format={"type": "json_object", "schema": schema}, max_tokens=40, temperature=0)  # type: ignore[arg-type]
         assert json.loads(reply.choices[0].message.content or "")["function"] == "send_message"
         pid = server.process.pid  # type: ignore[union-attr]
-    assert _gone(pid)
+    assert gone(pid)
 
 
 SERVER_LOG = """\
