@@ -57,25 +57,21 @@ def sample_texts(store: Path, sample: int = 1024) -> list[str]:
     return texts[:sample]
 
 
-def raw_encode_rate(texts: list[str]) -> float:
+def raw_encode_rate(texts: list[str], embedder) -> float:
     """chunks/s of plain `SentenceTransformer.encode` (torch's default threads) in this process."""
-    from pipeline.config import Settings
-    from pipeline.embed import Embedder
-
-    model = Embedder(Settings.from_env().embedder).model
+    model = embedder.model
     model.encode(texts[:32])  # warm up
     started = time.perf_counter()
     model.encode(texts)
     return len(texts) / (time.perf_counter() - started)
 
 
-def raw_pool_rate(texts: list[str], workers: int) -> float:
+def raw_pool_rate(texts: list[str], embedder, workers: int) -> float:
     """chunks/s of the ingest's embedding workers alone, fed the same chunks in the ingest's batch size."""
-    from pipeline.config import Settings
-    from pipeline.embed import Embedder, EmbedPool
+    from pipeline.embed import EmbedPool
     from pipeline.ingest import EMBED_BATCH
 
-    with EmbedPool(Embedder(Settings.from_env().embedder), workers) as pool:
+    with EmbedPool(embedder, workers) as pool:
         for future in [pool.submit(texts[:32]) for _ in range(workers)]:  # start and warm up every worker
             future.result()
         started = time.perf_counter()
@@ -103,6 +99,7 @@ def run(out_dir: Path) -> dict:
     from pipeline.ingest import POOL_MIN_BYTES, embed_workers, ingest_directory
 
     result: dict = {}
+    embedder = Embedder(Settings.from_env().embedder)
     work = out_dir / "ingest-work"
     shutil.rmtree(work, ignore_errors=True)
     corpus = real_corpus(out_dir)
@@ -115,8 +112,8 @@ def run(out_dir: Path) -> dict:
         workers = embed_workers(Settings.from_env(), POOL_MIN_BYTES)
         encode_rates, pool_rates = [], []
         for _ in range(2):  # alternated, so that a drift in the machine's speed touches both alike
-            encode_rates.append(raw_encode_rate(texts))
-            pool_rates.append(raw_pool_rate(texts, workers))
+            encode_rates.append(raw_encode_rate(texts, embedder))
+            pool_rates.append(raw_pool_rate(texts, embedder, workers))
         raw, pool = statistics.mean(encode_rates), statistics.mean(pool_rates)
         rerun = ingest_in_child(corpus, store)
         result["real_corpus"] = {
@@ -136,7 +133,6 @@ def run(out_dir: Path) -> dict:
     if small is None:
         result["edit_one_of_100"] = {"skipped": "Cranfield corpus not available"}
     else:
-        embedder = Embedder(Settings.from_env().embedder)
         settings = Settings.from_env(store=work / "hundred-store")
         first = ingest_directory(small, settings, progress=False, embedder=embedder)
         unchanged = ingest_directory(small, settings, progress=False, embedder=embedder)
