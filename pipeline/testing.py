@@ -12,6 +12,7 @@ import copy
 import itertools
 import json
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -138,8 +139,6 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:
         """A client killed mid-request (the fault benchmark SIGKILLs one) is expected, not worth a traceback."""
-        import sys
-
         if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
             super().handle_error(request, client_address)
 
