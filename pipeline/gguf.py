@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import click
 
-from pipeline.discover import sha256_file
+from pipeline.ingest.discover import sha256_file
 
 class LocalLLMError(click.ClickException):
     """A local-model problem, printed by the CLI as one line (no traceback)."""

@@ -24,11 +24,11 @@ from pipeline.batch import Question, load_output, run_batch, summary_path
 from pipeline.config import Settings
 from pipeline.evaluate import evaluate, write_report
 from pipeline.llm import ChatClient, LLMError
-from pipeline.tokens import TokenCounter
+from pipeline.agent.tokens import TokenCounter
 from pipeline.types import Answer, Citation, Step
 
 if TYPE_CHECKING:
-    from pipeline.functions import Retriever
+    from pipeline.agent.functions import Retriever
 
 LEVELS = (0, 1, 2, 3, 4)
 PAIRS = 140
@@ -102,8 +102,8 @@ def write_documents(task: KVTask, root: Path) -> None:
 
 def build_archive(task: KVTask, settings: Settings, workdir: Path, *, progress: bool = True, embedder=None) -> Any:
     """Ingest the task's pairs into a fresh archive under `workdir`; returns it opened for reading."""
-    from pipeline.ingest import ingest_directory
-    from pipeline.store import Archive
+    from pipeline.ingest.local import ingest_directory
+    from pipeline.archive.store import Archive
 
     docs, store = workdir / "pairs", workdir / "archive"
     write_documents(task, docs)
@@ -194,7 +194,7 @@ def run(settings: Settings, *, baseline: bool = False, levels: tuple[int, ...] =
 def _answer_fn(baseline: bool, retriever: Retriever, client: ChatClient, settings: Settings) -> Callable[[str], Answer]:
     if baseline:
         return lambda q: baseline_answer(q, retriever=retriever, client=client, settings=settings)
-    from pipeline.agent import answer
+    from pipeline.agent.loop import answer
 
     return lambda q: answer(q, retriever=retriever, client=client, settings=settings)
 

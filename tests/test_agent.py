@@ -7,12 +7,12 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from pipeline.agent import FORCE_ANSWER, answer
+from pipeline.agent.loop import FORCE_ANSWER, answer
 from pipeline.config import Settings
 from pipeline.llm import LLMError, OpenAIChatClient
 from pipeline.testing import (FakeEndpoint, FakeRetriever, ScriptedChatClient, is_summary_request, json_reply,
                               make_hit, summaries, text_reply, tool_calls_reply, tool_reply)
-from pipeline.tokens import TokenCounter
+from pipeline.agent.tokens import TokenCounter
 
 SEARCH = "archival_memory_search"
 HITS = [make_hit(f"c{n:02d}", f"pump log entry {n}: pressure reading {40 + n} bar", source=f"log{n % 3}.pdf", page=n + 1)
@@ -407,7 +407,7 @@ def test_unknown_tool_mode_and_unsavable_session_are_error_answers(tmp_path):
 
 
 def test_session_save_failure_is_reported_with_the_answer_kept(tmp_path, monkeypatch):
-    from pipeline.memory import Session
+    from pipeline.agent.memory import Session
 
     def refuse(self, state):
         raise OSError("disk full")

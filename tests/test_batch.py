@@ -363,7 +363,7 @@ def test_cli_finished_batch_needs_no_endpoint(tmp_path: Path, monkeypatch: pytes
 # ------------------------------------------------------------------------------------- end to end over HTTP
 
 def test_batch_through_the_real_openai_client_and_agent_against_a_fake_endpoint(tmp_path: Path) -> None:
-    from pipeline.agent import answer
+    from pipeline.agent.loop import answer
     from pipeline.bench.batch import StaticRetriever, expected_answer, faulty
     from pipeline.config import Settings
     from pipeline.llm import make_client

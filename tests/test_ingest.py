@@ -13,9 +13,9 @@ import pytest
 
 from conftest import gone, write_pdf, write_tiny_corpus
 from pipeline.config import Settings
-from pipeline import ingest
-from pipeline.ingest import ingest_directory
-from pipeline.store import Archive, StoreError
+from pipeline.ingest import local as ingest
+from pipeline.ingest.local import ingest_directory
+from pipeline.archive.store import Archive, StoreError
 
 pytestmark = pytest.mark.slow
 
@@ -116,9 +116,9 @@ def test_chunks_longer_than_the_model_are_refused(corpus, settings, embedder):
 
 KILLER = textwrap.dedent("""
     import multiprocessing, os, signal, sys
-    import pipeline.ingest as ingest
+    import pipeline.ingest.local as ingest
     from pipeline.config import Settings
-    from pipeline.store import Archive
+    from pipeline.archive.store import Archive
     ingest.WRITE_BATCH = ingest.EMBED_BATCH = 1
     calls = {"n": 0}
     original = Archive.write

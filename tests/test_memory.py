@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from pipeline.memory import (Budget, Context, ContextTooSmall, CoreMemory, MemoryEditError, Recall, Session,
+from pipeline.agent.memory import (Budget, Context, ContextTooSmall, CoreMemory, MemoryEditError, Recall, Session,
                              cut_to_tokens, page_window, term_search)
-from pipeline.tokens import TokenCounter, estimate_text
+from pipeline.agent.tokens import TokenCounter, estimate_text
 
 
 def make_context(window: int = 4096, system: str = "You are a test agent.") -> Context:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import write_docx, write_pdf
-from pipeline.discover import discover
-from pipeline.parse import ParseError, decode_text, parse
+from pipeline.ingest.discover import discover
+from pipeline.ingest.parse import ParseError, decode_text, parse
 
 
 def sections(path):

@@ -50,7 +50,7 @@ def test_odd_queries_do_not_crash(tiny_archive):
 
 
 def test_version_pinning_reads_an_old_snapshot(tiny_archive):
-    from pipeline.store import Archive
+    from pipeline.archive.store import Archive
 
     pinned = Archive.open(tiny_archive.path, version=tiny_archive.version, embedder=tiny_archive.embedder)
     assert pinned.version == tiny_archive.version and pinned.count() == tiny_archive.count()
@@ -93,11 +93,11 @@ def test_cli_ingest_exit_code_and_summary(tmp_path):
 
 
 def test_cli_ingest_workers_option_and_env(tmp_path, monkeypatch):
-    import pipeline.ingest
+    import pipeline.ingest.local
 
     seen = []
-    monkeypatch.setattr(pipeline.ingest, "ingest_directory",
-                        lambda directory, settings, **kw: seen.append(settings.embed_workers) or pipeline.ingest.IngestReport())
+    monkeypatch.setattr(pipeline.ingest.local, "ingest_directory",
+                        lambda directory, settings, **kw: seen.append(settings.embed_workers) or pipeline.ingest.local.IngestReport())
     (tmp_path / "docs").mkdir()
     CliRunner().invoke(main, ["ingest", str(tmp_path / "docs"), "--workers", "2"], catch_exceptions=False)
     monkeypatch.setenv("ANALYZE_EMBED_WORKERS", "3")

@@ -95,7 +95,7 @@ def run(out_dir: Path) -> dict[str, Any]:
 
 def throughput(workdir: Path) -> dict[str, Any]:
     """Questions per second at concurrency 1 and 8, and the runner's own time per question."""
-    from pipeline.agent import answer
+    from pipeline.agent.loop import answer
     from pipeline.llm import make_client
 
     questions = [Question(id=i, question=f"What does section {i} say?") for i in range(THROUGHPUT_QUESTIONS)]
@@ -126,7 +126,7 @@ def throughput(workdir: Path) -> dict[str, Any]:
 
 def fault_run(workdir: Path) -> dict[str, Any]:
     """50 questions with injected faults via the CLI; SIGKILL mid-run, a torn line, resume; exactly-once check."""
-    from pipeline.ingest import ingest_directory
+    from pipeline.ingest.local import ingest_directory
 
     docs, store = workdir / "docs", workdir / "archive"
     docs.mkdir()

@@ -21,7 +21,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 CHILD = """
 import json, resource, sys
 from pipeline.config import Settings
-from pipeline.ingest import ingest_directory
+from pipeline.ingest.local import ingest_directory
 if __name__ == "__main__":
     report = ingest_directory(sys.argv[1], Settings.from_env(store=sys.argv[2]), progress=False)
     # VmHWM is this process's own peak; ru_maxrss would also count the parent's RSS at fork. A worker's peak
@@ -50,7 +50,7 @@ def real_corpus(out_dir: Path) -> Path | None:
 
 def sample_texts(store: Path, sample: int = 1024) -> list[str]:
     """A random sample of the chunks the ingest produced."""
-    from pipeline.store import Archive
+    from pipeline.archive.store import Archive
 
     texts = Archive.open(store).chunks.to_arrow().column("text").to_pylist()
     random.Random(0).shuffle(texts)
@@ -68,8 +68,8 @@ def raw_encode_rate(texts: list[str], embedder) -> float:
 
 def raw_pool_rate(texts: list[str], embedder, workers: int) -> float:
     """chunks/s of the ingest's embedding workers alone, fed the same chunks in the ingest's batch size."""
-    from pipeline.embed import EmbedPool
-    from pipeline.ingest import EMBED_BATCH
+    from pipeline.ingest.embed import EmbedPool
+    from pipeline.ingest.local import EMBED_BATCH
 
     with EmbedPool(embedder, workers) as pool:
         for future in [pool.submit(texts[:32]) for _ in range(workers)]:  # start and warm up every worker
@@ -95,8 +95,8 @@ def hundred_file_corpus(root: Path) -> Path | None:
 
 def run(out_dir: Path) -> dict:
     from pipeline.config import Settings
-    from pipeline.embed import Embedder
-    from pipeline.ingest import POOL_MIN_BYTES, embed_workers, ingest_directory
+    from pipeline.ingest.embed import Embedder
+    from pipeline.ingest.local import POOL_MIN_BYTES, embed_workers, ingest_directory
 
     result: dict = {}
     embedder = Embedder(Settings.from_env().embedder)

@@ -59,7 +59,7 @@ class _Uncached:
 
 
 def _one_run(model: Path, *, cache: bool) -> dict[str, Any]:
-    from pipeline.agent import answer
+    from pipeline.agent.loop import answer
     from pipeline.democorpus import FACTS
     from pipeline.llm import OpenAIChatClient
     from pipeline.local_llm import request_timings, start_local_server

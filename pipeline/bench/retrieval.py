@@ -32,8 +32,8 @@ def documents_in_order(hits) -> list[str]:
 
 def run(out_dir: Path) -> dict:
     from pipeline.config import Settings
-    from pipeline.ingest import ingest_directory
-    from pipeline.store import Archive
+    from pipeline.ingest.local import ingest_directory
+    from pipeline.archive.store import Archive
 
     if not CRANFIELD.exists():
         return {"skipped": f"{CRANFIELD} not available"}

@@ -36,7 +36,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 def run(out_dir: Path, rows: int = ROWS, queries: int = 60) -> dict:
     import pyarrow as pa
 
-    from pipeline.store import Archive, StoreMeta, chunk_schema
+    from pipeline.archive.store import Archive, StoreMeta, chunk_schema
 
     store = out_dir / "latency-store"
     shutil.rmtree(store, ignore_errors=True)
@@ -59,7 +59,7 @@ def run(out_dir: Path, rows: int = ROWS, queries: int = 60) -> dict:
             samples.append(time.perf_counter() - t0)
         return percentiles(samples)
 
-    from pipeline import store as store_module
+    from pipeline.archive import store as store_module
 
     threshold = store_module.VECTOR_INDEX_MIN_ROWS
     store_module.VECTOR_INDEX_MIN_ROWS = rows + 1  # first: full-text index only, vectors scanned flat

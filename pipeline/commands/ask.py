@@ -14,7 +14,7 @@ from pipeline.types import Answer
 
 def open_archive(store: str) -> Any:
     """The archive at `store`, or a one-line `ClickException` when there is none."""
-    from pipeline.store import Archive, StoreError
+    from pipeline.archive.store import Archive, StoreError
 
     try:
         return Archive.open(store)
@@ -57,7 +57,7 @@ def command(question: str, store: str, model: str | None, context_window: int | 
     The endpoint is any OpenAI-compatible server (OPENAI_BASE_URL, OPENAI_API_KEY); with neither set, or with
     --llm local, a local llama.cpp server is started for the question and stopped afterwards.
     """
-    from pipeline.agent import answer
+    from pipeline.agent.loop import answer
     from pipeline.config import Settings
     from pipeline.llm import LLMError, make_client
 

@@ -31,8 +31,8 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
         raise click.ClickException(str(exc)) from None
     if rpm:
         client = RateLimitedClient(client, RateLimiter(rpm))
-    from pipeline.agent import answer
-    from pipeline.store import Archive, StoreError
+    from pipeline.agent.loop import answer
+    from pipeline.archive.store import Archive, StoreError
 
     try:
         archive = Archive.open(settings.store)

@@ -36,8 +36,8 @@ def command(directory: str, store: str, embedder: str | None, chunk_tokens: int 
     kept in `analyze status`), the rest landed; 1 the run itself failed.
     """
     from pipeline.config import Settings
-    from pipeline.ingest import EXIT_FAILURES, ingest_directory
-    from pipeline.store import StoreError
+    from pipeline.ingest.local import EXIT_FAILURES, ingest_directory
+    from pipeline.archive.store import StoreError
 
     settings = Settings.from_env(store=store, embedder=embedder, chunk_tokens=chunk_tokens,
                                  chunk_overlap=chunk_overlap, embed_workers=workers)

@@ -40,7 +40,7 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
 def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_json: bool,
             queries_file: Path | None) -> None:
     """Search archival memory for QUERY and show the best chunks with their source and page."""
-    from pipeline.store import Archive, StoreError
+    from pipeline.archive.store import Archive, StoreError
 
     if (query is None) == (queries_file is None):
         raise click.UsageError("give either a QUERY or --queries FILE")

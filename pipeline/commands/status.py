@@ -16,7 +16,7 @@ def command(store: str, as_json: bool) -> None:
     """Summarize the store: documents, chunks, failures, embedder, chunk settings, LanceDB version."""
     from importlib.metadata import version
 
-    from pipeline.store import Archive, StoreError
+    from pipeline.archive.store import Archive, StoreError
 
     try:
         archive = Archive.open(store)

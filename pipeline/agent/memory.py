@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.tokens import TokenCounter
+from pipeline.agent.tokens import TokenCounter
 
 PRESSURE = 0.70
 SUMMARY_ROLE_PREFIX = "[summary of earlier messages]"

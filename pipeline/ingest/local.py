@@ -18,12 +18,12 @@ from typing import Any
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.chunk import Chunk, chunk_sections
+from pipeline.ingest.chunk import Chunk, chunk_sections
 from pipeline.config import Settings
-from pipeline.discover import discover, sha256_file
-from pipeline.embed import EmbedPool, available_cores
-from pipeline.parse import ParseError, parse
-from pipeline.store import Archive, StoreMeta, chunk_schema, read_meta
+from pipeline.ingest.discover import discover, sha256_file
+from pipeline.ingest.embed import EmbedPool, available_cores
+from pipeline.ingest.parse import ParseError, parse
+from pipeline.archive.store import Archive, StoreMeta, chunk_schema, read_meta
 
 EXIT_FAILURES = 2  # `analyze ingest` exits with this when any file failed (the rest still landed)
 WRITE_BATCH = 512  # chunks buffered before a write to LanceDB
@@ -139,7 +139,7 @@ def ingest_directory(root: Path, settings: Settings, *, progress: bool = True, r
 
 
 def _embedder_for(settings: Settings):
-    from pipeline.embed import Embedder
+    from pipeline.ingest.embed import Embedder
 
     return Embedder(settings.embedder, batch_size=settings.embed_batch_size)
 

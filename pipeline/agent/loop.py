@@ -1,6 +1,6 @@
 """The agent loop: one question, answered by paging archival memory through a bounded main context.
 
-Each step sends the context (built within the token budget by `pipeline.memory.Context`) and runs
+Each step sends the context (built within the token budget by `pipeline.agent.memory.Context`) and runs
 the function(s) the model calls, feeding results back, until `send_message` or a plain-text reply
 delivers the answer. The loop continues after search and memory calls even when the model forgot
 `request_heartbeat` (saying so in the trace); after `max_steps` one last step forces an answer.
@@ -14,11 +14,11 @@ import re
 from typing import Any, Callable
 
 from pipeline.config import Settings
-from pipeline.functions import (FINAL, SPECS, Outcome, Retriever, Toolbox, describe_functions, step_format,
+from pipeline.agent.functions import (FINAL, SPECS, Outcome, Retriever, Toolbox, describe_functions, step_format,
                                 tool_schemas)
 from pipeline.llm import ChatClient, ChatReply, LLMError, ToolCall
-from pipeline.memory import Budget, Context, ContextTooSmall, CoreMemory, Recall, Session, cut_to_tokens
-from pipeline.tokens import TokenCounter
+from pipeline.agent.memory import Budget, Context, ContextTooSmall, CoreMemory, Recall, Session, cut_to_tokens
+from pipeline.agent.tokens import TokenCounter
 from pipeline.types import Answer, Citation, Step
 
 __all__ = ["Retriever", "answer", "system_prompt"]

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.memory import PAGE_SIZE, Context, MemoryEditError, page_window, term_search
+from pipeline.agent.memory import PAGE_SIZE, Context, MemoryEditError, page_window, term_search
 from pipeline.types import Hit, SearchResult
 
 HIT_CHARS = 1500  # longest chunk text shown per hit

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pipeline.parse import Section
+from pipeline.ingest.parse import Section
 
 
 @dataclass(frozen=True)

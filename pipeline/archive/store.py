@@ -80,7 +80,7 @@ class Archive:
         self.db = db
         self.meta = meta
         if embedder is None:
-            from pipeline.embed import Embedder
+            from pipeline.ingest.embed import Embedder
 
             embedder = Embedder(meta.embedder)  # cheap: the model itself loads on first encode
         self.embedder = embedder

@@ -1,0 +1,1 @@
+"""Archival memory: the LanceDB store of document chunks and its search."""
