@@ -1,1 +1,1 @@
-"""Archival memory: the LanceDB store of document chunks and its search."""
+"""Archival memory: the LanceDB store of document chunks (store.py) and its search (search.py)."""
