@@ -407,7 +407,7 @@ def test_unknown_tool_mode_and_unsavable_session_are_error_answers(tmp_path):
 
 
 def test_session_save_failure_is_reported_with_the_answer_kept(tmp_path, monkeypatch):
-    from pipeline.agent.memory import Session
+    from pipeline.agent.session import Session
 
     def refuse(self, state):
         raise OSError("disk full")

@@ -6,8 +6,11 @@ import uuid
 
 import pytest
 
-from pipeline.agent.memory import (Budget, Context, ContextTooSmall, CoreMemory, MemoryEditError, Recall, Session,
-                             cut_to_tokens, page_window, term_search)
+from pipeline.agent.context import Budget, Context, ContextTooSmall, cut_to_tokens
+from pipeline.agent.core_memory import CoreMemory, MemoryEditError
+from pipeline.agent.paging import page_window, term_search
+from pipeline.agent.recall import Recall
+from pipeline.agent.session import Session
 from pipeline.agent.tokens import TokenCounter, estimate_text
 
 

@@ -11,7 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.agent.memory import PAGE_SIZE, Context, MemoryEditError, page_window, term_search
+from pipeline.agent.context import Context
+from pipeline.agent.core_memory import MemoryEditError
+from pipeline.agent.paging import PAGE_SIZE, page_window, term_search
 from pipeline.types import Hit, SearchResult
 
 HIT_CHARS = 1500  # longest chunk text shown per hit

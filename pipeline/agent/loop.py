@@ -1,6 +1,6 @@
 """The agent loop: one question, answered by paging archival memory through a bounded main context.
 
-Each step sends the context (built within the token budget by `pipeline.agent.memory.Context`) and runs
+Each step sends the context (built within the token budget by `pipeline.agent.context.Context`) and runs
 the function(s) the model calls, feeding results back, until `send_message` or a plain-text reply
 delivers the answer. The loop continues after search and memory calls even when the model forgot
 `request_heartbeat` (saying so in the trace); after `max_steps` one last step forces an answer.
@@ -17,7 +17,10 @@ from pipeline.config import Settings
 from pipeline.agent.functions import (FINAL, SPECS, Outcome, Retriever, Toolbox, describe_functions, step_format,
                                 tool_schemas)
 from pipeline.llm import ChatClient, ChatReply, LLMError, ToolCall
-from pipeline.agent.memory import Budget, Context, ContextTooSmall, CoreMemory, Recall, Session, cut_to_tokens
+from pipeline.agent.context import Budget, Context, ContextTooSmall, cut_to_tokens
+from pipeline.agent.core_memory import CoreMemory
+from pipeline.agent.recall import Recall
+from pipeline.agent.session import Session
 from pipeline.agent.tokens import TokenCounter
 from pipeline.types import Answer, Citation, Step
 

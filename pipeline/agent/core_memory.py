@@ -1,0 +1,82 @@
+"""Working memory, as in MemGPT: named text blocks with character limits (`task`, `notes`).
+
+They are shown in the system message, edited by the agent, and survive eviction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class MemoryEditError(ValueError):
+    """A core-memory edit that cannot be made; the message is shown to the model."""
+
+
+@dataclass
+class Block:
+    name: str
+    description: str
+    limit: int  # characters
+    value: str = ""
+
+
+class CoreMemory:
+    """Working context: named blocks with character limits, rendered into the system message."""
+
+    def __init__(self, blocks: list[Block]) -> None:
+        self.blocks = {b.name: b for b in blocks}
+
+    @classmethod
+    def for_window(cls, window: int) -> "CoreMemory":
+        """The default blocks, sized for a context window of `window` tokens."""
+        return cls([
+            Block("task", "the question being answered now", max(200, min(2000, window // 8))),
+            Block("notes", "your findings so far: facts, with the chunk ids and sources that support them",
+                  max(300, min(4000, window // 3))),
+        ])
+
+    def _block(self, name: str) -> Block:
+        if name not in self.blocks:
+            raise MemoryEditError(f"no memory block named {name!r}; blocks are: {', '.join(self.blocks)}")
+        return self.blocks[name]
+
+    def set(self, name: str, value: str) -> None:
+        """Overwrite a block (cut to its limit); used by the runner, not the model."""
+        block = self._block(name)
+        block.value = value[:block.limit]
+
+    def append(self, name: str, content: str) -> str:
+        block = self._block(name)
+        new = f"{block.value}\n{content}" if block.value else content
+        if len(new) > block.limit:
+            raise MemoryEditError(
+                f"block {name!r} would hold {len(new)} characters, over its limit of {block.limit} "
+                f"({block.limit - len(block.value)} left); shorten it with core_memory_replace first")
+        block.value = new
+        return new
+
+    def replace(self, name: str, old: str, new: str) -> str:
+        block = self._block(name)
+        if not old or old not in block.value:
+            raise MemoryEditError(f"old_content was not found in block {name!r}; copy it exactly")
+        value = block.value.replace(old, new, 1)
+        if len(value) > block.limit:
+            raise MemoryEditError(f"block {name!r} would hold {len(value)} characters, over its limit of {block.limit}")
+        block.value = value
+        return value
+
+    def render(self, *, full: bool = False) -> str:
+        """The blocks as shown to the model; `full` pads each to its limit (for worst-case budgeting)."""
+        parts = []
+        for b in self.blocks.values():
+            value = "x" * b.limit if full else b.value
+            parts.append(f'<{b.name} chars="{len(b.value)}/{b.limit}" about="{b.description}">\n{value}\n</{b.name}>')
+        return "\n".join(parts)
+
+    def to_dict(self) -> dict[str, str]:
+        return {name: b.value for name, b in self.blocks.items()}
+
+    def load(self, values: dict[str, str]) -> None:
+        for name, value in values.items():
+            if name in self.blocks:
+                self.set(name, value)
