@@ -20,7 +20,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-test: $(STAMP)
+# the suite also covers the Ray engine and s3:// stores, so `make test` installs the ray extra; `make demo` doesn't
+RAY_STAMP := .venv/.installed-ray
+
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,ray]'
+	touch $@
+
+test: $(RAY_STAMP)
 	$(PY) -m pytest -q
 
 ingest: $(STAMP)

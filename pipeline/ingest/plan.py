@@ -1,0 +1,186 @@
+"""What every ingest engine shares: the report, incremental planning against the store, and the rows it writes.
+
+An engine calls `begin` (open the store, plan: unchanged skipped, changed and new to do, removed deleted,
+unsupported recorded as failed), processes `plan.todo` its own way, writing each document's chunks before its
+`document_row` (the commit point), and then calls `finish` (report failures, refresh the indexes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.archive.store import Archive, StoreMeta, read_meta
+from pipeline.config import Settings
+from pipeline.ingest.chunk import Chunk
+from pipeline.ingest.discover import discover, sha256_file
+from pipeline.ingest.parse import ParseError
+
+EXIT_FAILURES = 2  # `analyze ingest` exits with this when any file failed (the rest still landed)
+
+
+@dataclass
+class IngestReport:
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
+    pages: int = 0
+    chunks: int = 0  # chunks written in this run
+    embedded: int = 0  # of which freshly embedded (the rest reused a stored vector of the same text)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0  # time spent embedding here, or waiting for the embedding workers
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.new} new, {self.changed} changed, {self.unchanged} unchanged, {self.removed} removed, "
+                f"{self.failed} failed files; {self.pages} pages, {self.chunks} chunks ({self.embedded} embedded) "
+                f"in {self.seconds:.1f}s, {self.chunks_per_s:.1f} chunks/s")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"new": self.new, "changed": self.changed, "unchanged": self.unchanged, "removed": self.removed,
+                "failed": self.failed, "failures": [{"path": p, "error": e} for p, e in self.failures],
+                "pages": self.pages, "chunks": self.chunks, "embedded": self.embedded,
+                "seconds": round(self.seconds, 3), "embed_seconds": round(self.embed_seconds, 3),
+                "chunks_per_s": round(self.chunks_per_s, 2)}
+
+    def done(self, item: "Todo", pages: int | None, chunks: int) -> None:
+        """Count a file whose chunks were all produced."""
+        self.new += item.is_new
+        self.changed += not item.is_new
+        self.pages += pages or 0
+        self.chunks += chunks
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Todo:
+    """A new or changed file to parse, chunk and embed."""
+
+    rel: str
+    path: Path
+    sha: str
+    stat: os.stat_result
+    is_new: bool
+
+
+@dataclass
+class Plan:
+    todo: list[Todo]
+    removed: list[str]
+    failed_rows: list[dict[str, Any]]  # unsupported files, recorded as failed
+    touched: list[dict[str, Any]]  # unchanged content with a new mtime: the row is refreshed
+
+
+def begin(root: Path, settings: Settings, embedder, report: IngestReport, *, rebuild: bool) -> tuple[Archive, Plan]:
+    """Open (or create) the store, plan the run, and apply what needs no parsing: removals, unsupported files,
+    refreshed mtimes. Raises FileNotFoundError for a missing `root`, StoreError for a store built otherwise."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"no such directory: {root}")
+    files, unsupported = discover(root)
+    archive = Archive.create(settings.store, store_meta(settings, embedder), embedder=embedder, rebuild=rebuild)
+    known = archive.document_rows()
+
+    plan = Plan([], [], [], [])
+    for rel_path in files:
+        rel, path = rel_path.as_posix(), root / rel_path
+        stat = path.stat()
+        row = known.get(rel)
+        same = bool(row) and row["size"] == stat.st_size and row["mtime_ns"] == stat.st_mtime_ns
+        sha = None if same else sha256_file(path)
+        if row and (same or row["sha256"] == sha):
+            if row["status"] == "ok":  # a file that failed before fails again until it changes: say so again
+                report.unchanged += 1
+            else:
+                report.failures.append((rel, row["error"]))
+            if not same:
+                plan.touched.append(row | {"mtime_ns": stat.st_mtime_ns})
+            continue
+        plan.todo.append(Todo(rel, path, sha, stat, is_new=row is None))
+
+    for rel_path in unsupported:
+        reason = f"unsupported file type {rel_path.suffix.lower() or '(no extension)'}"
+        plan.failed_rows.append(failed_row(rel_path.as_posix(), root / rel_path, None, reason))
+        report.failures.append((rel_path.as_posix(), reason))
+    present = {p.as_posix() for p in files} | {p.as_posix() for p in unsupported}
+    plan.removed = sorted(set(known) - present)
+    report.removed = len(plan.removed)
+    archive.delete_documents(plan.removed)
+    archive.write(None, replace_sources=[r["path"] for r in plan.failed_rows],
+                  documents=plan.failed_rows + plan.touched)
+    if plan.todo and settings.chunk_tokens > embedder.max_tokens:
+        raise ValueError(f"chunk size {settings.chunk_tokens} exceeds the embedder's limit of "
+                         f"{embedder.max_tokens} tokens: chunks would be truncated")
+    return archive, plan
+
+
+def finish(archive: Archive, plan: Plan, report: IngestReport,
+           on_failure: Callable[[str, str], None] | None) -> None:
+    """Name every failed file, and bring the indexes up to date when anything changed."""
+    for path, reason in report.failures:
+        if on_failure:
+            on_failure(path, reason)
+    if plan.todo or plan.removed or plan.failed_rows:
+        archive.refresh_indexes()
+
+
+def embedder_for(settings: Settings):
+    from pipeline.ingest.embed import Embedder
+
+    return Embedder(settings.embedder, batch_size=settings.embed_batch_size)
+
+
+def store_meta(settings: Settings, embedder) -> StoreMeta:
+    stored = read_meta(settings.store)
+    # The dimension of an unchanged embedder is taken from the store, so a no-op re-ingest never loads the model.
+    dim = stored.dim if stored and stored.embedder == settings.embedder else embedder.dim
+    return StoreMeta(embedder=settings.embedder, dim=dim, chunk_tokens=settings.chunk_tokens,
+                     chunk_overlap=settings.chunk_overlap)
+
+
+def failure_reason(exc: Exception) -> str:
+    """The one line recorded for a file that could not be parsed."""
+    if isinstance(exc, ParseError):
+        return str(exc)
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""  # a parser bug on one file must not sink the corpus
+    return f"unexpected {type(exc).__name__}: {first}"
+
+
+def document_row(item: Todo, pages: int | None, chunks: int) -> dict[str, Any]:
+    return {"path": item.rel, "sha256": item.sha, "size": item.stat.st_size, "mtime_ns": item.stat.st_mtime_ns,
+            "pages": pages, "chunks": chunks, "status": "ok", "error": None, "ingested_at": now()}
+
+
+def failed_row(rel: str, path: Path, sha: str | None, reason: str) -> dict[str, Any]:
+    try:
+        stat = path.stat()
+        size, mtime = stat.st_size, stat.st_mtime_ns
+    except OSError:
+        size, mtime = 0, 0
+    return {"path": rel, "sha256": sha or "", "size": size, "mtime_ns": mtime, "pages": None, "chunks": 0,
+            "status": "failed", "error": reason, "ingested_at": now()}
+
+
+def chunk_row(rel: str, chunk: Chunk, vector: Any) -> dict[str, Any]:
+    digest = chunk.content_hash
+    chunk_id = hashlib.sha256(f"{rel}\0{chunk.ordinal}\0{digest}".encode()).hexdigest()[:20]
+    return {"chunk_id": chunk_id, "source": rel, "page": chunk.page, "page_end": chunk.page,
+            "heading": chunk.heading, "text": chunk.text, "content_hash": digest, "ordinal": chunk.ordinal,
+            "vector": vector}
