@@ -51,3 +51,10 @@ def main() -> None:
 store_option = click.option(
     "--store", type=click.Path(path_type=str), envvar="ANALYZE_STORE", default="ingest/archive",
     show_default=True, help="LanceDB store directory (env ANALYZE_STORE).")
+
+MIN_CONTEXT_WINDOW = 1024  # below this nothing useful fits; between it and ~2048 the agent says what it needs
+
+context_window_option = click.option(
+    "--context-window", type=click.IntRange(MIN_CONTEXT_WINDOW), envvar="ANALYZE_CONTEXT_WINDOW", default=None,
+    help="Token budget of every LLM request, reply included (env ANALYZE_CONTEXT_WINDOW; default 8192; "
+         "2048 is the smallest that works, search pages shrink to fit).")

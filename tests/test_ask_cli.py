@@ -43,10 +43,12 @@ ANSWER = [tool_reply("archival_memory_search", {"query": "Hydra-7 pump", "reques
 def test_plain_output_is_the_answer_then_numbered_sources(clean_env, retriever):
     with FakeEndpoint.scripted(ANSWER) as endpoint:
         result = invoke(["Rating of the Hydra-7 pump?", "--top-k", "3"], endpoint.base_url)
+        shown = endpoint.requests[1]["messages"][-1]["content"]
     assert result.exit_code == 0, result.output
     assert result.stdout == ("It is rated for 42 bar; seals last 500 hours.\n\nSources:\n"
                              "  [1] manual.pdf, page 2\n  [2] notes.md\n")
-    assert retriever.calls == [("Hydra-7 pump", "hybrid", 3, 0)]
+    assert [call[0] for call in retriever.calls] == ["Hydra-7 pump"]
+    assert ", 3 a page)" in shown  # --top-k: at most 3 hits a page
 
 
 def test_json_output_and_trace_on_stderr(clean_env, retriever):
@@ -70,7 +72,7 @@ def test_json_tool_mode_and_context_window_options(clean_env, retriever):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("42 bar (m1)\n\nSources:\n  [1] manual.pdf, page 2")
     assert "tools" not in first and first["response_format"]["type"] == "json_schema"
-    assert first["max_tokens"] == 600  # the reply reserve of a 6000-token window
+    assert first["max_tokens"] == 250  # the reply reserve of a 6000-token window
 
 
 def test_no_endpoint_is_a_one_line_error(clean_env, retriever):

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from pipeline.agent.context import Budget, Context, ContextTooSmall, cut_to_tokens
+from pipeline.agent.context import ALERT_PREFIX, Budget, Context, ContextTooSmall, cut_to_tokens, echoes_alert
 from pipeline.agent.core_memory import CoreMemory, MemoryEditError
 from pipeline.agent.paging import page_window, term_search
 from pipeline.agent.recall import Recall
@@ -77,9 +77,9 @@ def test_recall_persists_and_searches_page_by_page(tmp_path):
         recall.add({"role": "user", "content": f"message {n} about {'llamas' if n % 2 else 'pumps'}"})
     reloaded = Recall(path)
     assert len(reloaded.messages) == 12 and reloaded.messages[3]["content"] == "message 3 about llamas"
-    found, total = reloaded.search("llamas", page=1)
-    assert total == 6 and len(found) == 1  # 6 matches: a full first page of 5, then 1
-    assert [m["content"] for m in reloaded.search("llamas")[0]][:2] == ["message 11 about llamas", "message 9 about llamas"]
+    order = reloaded.rank("llamas")
+    assert len(order) == 6 and [reloaded.messages[i]["content"] for i in order[:2]] == [
+        "message 11 about llamas", "message 9 about llamas"]  # most terms first, then newest
 
 
 def test_term_search_ranks_by_distinct_terms():
@@ -88,8 +88,8 @@ def test_term_search_ranks_by_distinct_terms():
 
 
 def test_page_window_wording():
-    assert page_window(37, 1, 5) == "Showing results 6-10 of 37 (page 2 of 8)"
-    assert page_window(3, 0, 5) == "Showing results 1-3 of 3 (page 1 of 1)"
+    assert page_window(37, 1, 5) == "Results 6-10 of 37 (page=1 of pages 0-7, 5 a page)"
+    assert page_window(3, 0, 5) == "Results 1-3 of 3 (page=0 of page 0 only, 5 a page)"
 
 
 def test_session_names_are_checked_and_state_round_trips(tmp_path):
@@ -148,22 +148,28 @@ def test_summary_falls_back_to_a_mechanical_one_when_the_model_fails():
     assert "result 0" in context.summary and context.counter.text(context.summary) <= context.budget.summary
 
 
-def test_pressure_alert_past_70_percent_once_per_eviction_cycle():
+def test_pressure_alert_once_the_queue_used_70_percent_of_its_room_once_per_eviction_cycle():
     context = make_context(4096)
+    context.core.set("task", "What is the pump's rated pressure?")
     context.append({"role": "user", "content": "question"})
     context.build(None, None, lambda m, t: "s")
     assert not context.alerted
-    while context.request_tokens(None, None) <= 0.7 * 4096:
+    while context.request_tokens(None, None) <= context.pressure_mark(None, None):
         context.append({"role": "user", "content": "text " * 100})
     assert context.request_tokens(None, None) <= 4096
     context.build(None, None, lambda m, t: "s")
     context.build(None, None, lambda m, t: "s")
-    alerts = [m for m in context.queue if "Memory pressure" in str(m.get("content"))]
+    alerts = [m for m in context.queue if str(m.get("content")).startswith(ALERT_PREFIX)]
     assert len(alerts) == 1 and context.alerted and "core_memory_append" in alerts[0]["content"]
-    for _ in range(20):
-        context.append({"role": "user", "content": "text " * 100})
-    context.build(None, None, lambda m, t: "s")
-    assert context.evicted and not context.alerted  # evicted, so the next crossing warns again
+    assert alerts[0]["content"].endswith("Continue the task: What is the pump's rated pressure?")
+    assert echoes_alert(alerts[0]["content"])
+    for _ in range(8):  # an alert still in the queue is not repeated; once it is evicted, the next crossing warns
+        for _ in range(10):
+            context.append({"role": "user", "content": "text " * 100})
+        context.build(None, None, lambda m, t: "s")
+        queued = [m for m in context.queue if str(m.get("content")).startswith(ALERT_PREFIX)]
+        assert len(queued) <= 1 and context.alerted == bool(queued)
+    assert context.evicted and sum(str(m.get("content")).startswith(ALERT_PREFIX) for m in context.recall.messages) > 1
 
 
 def test_a_single_oversized_message_is_cut_rather_than_exceeding_the_window():

@@ -1,12 +1,13 @@
 """Main context under a hard token budget, as in MemGPT: system prompt, working memory, summary, a FIFO queue.
 
-`Context` builds each request so that prompt + reply reserve never exceeds the window; past ~70% it
-queues a memory-pressure alert; when a request would not fit it evicts the oldest ~half of the queue
+`Context` builds each request so that prompt + reply reserve never exceeds the window; once the queue
+has used 70% of its room it queues a memory-pressure alert; when a request would not fit it evicts the oldest ~half of the queue
 to recall storage and folds it into a recursive summary (each summary call itself within the window).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -15,10 +16,20 @@ from pipeline.agent.recall import Message, Recall, render_message
 from pipeline.agent.tokens import TokenCounter
 
 PRESSURE = 0.70
+UNREAD_RESERVE = 256  # room kept beside an unread function result: the call that asked for it, an alert
 SUMMARY_ROLE_PREFIX = "[summary of earlier messages]"
 ALERT_PREFIX = "[system alert]"
 
 Summarizer = Callable[[list[Message], int], "str | None"]
+
+# what only an echo of the pressure alert says: the prefix, "the context window is 70% full", "system alert"
+_ALERT_ECHO = re.compile(r"\[system alert\]|context window is (about )?\d+ ?% full|\b(system|memory[- ]pressure) alert\b",
+                         re.IGNORECASE)
+
+
+def echoes_alert(text: str) -> bool:
+    """True when `text` repeats a memory-pressure alert (which is never a finding or an answer)."""
+    return bool(_ALERT_ECHO.search(text))
 
 
 class ContextTooSmall(ValueError):
@@ -52,7 +63,7 @@ class Budget:
 
     @classmethod
     def for_window(cls, window: int) -> "Budget":
-        return cls(window, reply=max(256, min(768, window // 10)), summary=max(128, min(512, window // 16)))
+        return cls(window, reply=max(192, min(320, window // 24)), summary=max(96, min(384, window // 40)))
 
 
 @dataclass
@@ -79,24 +90,34 @@ class Context:
         """The request: system message, summary, then the queue with back-to-back user messages merged
         (chat templates that insist on alternating roles reject two in a row)."""
         merged: list[Message] = [{"role": "system", "content": f"{self.system}\n\n{self.core.render()}"}]
-        tail = ([{"role": "user", "content": self._summary_text()}] if self.summary else []) + self.queue
-        for message in tail:
+        summary = [{"role": "user", "content": _summary_text(self.summary, self.evicted)}] if self.summary else []
+        for message in summary + self.queue:
             if message.get("role") == "user" and merged[-1].get("role") == "user":
                 merged[-1] = {"role": "user", "content": f"{merged[-1]['content']}\n\n{message.get('content') or ''}"}
             else:
                 merged.append(message)
         return merged
 
-    def _summary_text(self) -> str:
-        return (f"{SUMMARY_ROLE_PREFIX} {self.evicted} earlier messages were moved to recall storage "
-                f"(conversation_search finds them). Summary:\n{self.summary}")
+    def fixed_parts(self, tools: list[Message] | None, response_format: Message | None) -> dict[str, int]:
+        """Tokens of each part of the context but the queue, at its worst case: the instructions, the
+        function schemas (or response format), full working memory, a full summary, the reply reserve.
+
+        They do not depend on what the summary or the blocks hold now, so the room they leave stays put
+        within a question (until the endpoint reports that our token estimate was low).
+        """
+        instructions = [{"role": "system", "content": self.system}]
+        system = [{"role": "system", "content": f"{self.system}\n\n{self.core.render(full=True)}"}]
+        summary = [*system, {"role": "user", "content": _summary_text("", 99999)}]
+        sizes = [self.counter.request(m) for m in (instructions, system, summary)]
+        return {"instructions": sizes[0],
+                "functions": self.counter.request(summary, tools, response_format) - sizes[2],
+                "working memory": sizes[1] - sizes[0],
+                "summary": sizes[2] - sizes[1] + self.budget.summary,
+                "reply": self.budget.reply}
 
     def fixed_tokens(self, tools: list[Message] | None, response_format: Message | None) -> int:
-        """Worst case of everything but the queue: full core memory, a full summary, the reply reserve."""
-        system = {"role": "system", "content": f"{self.system}\n\n{self.core.render(full=True)}"}
-        summary = {"role": "user", "content": self._summary_text()}
-        return (self.counter.request([system, summary], tools, response_format)
-                + self.budget.summary + self.budget.reply)
+        """Worst case of everything but the queue (the sum of `fixed_parts`)."""
+        return sum(self.fixed_parts(tools, response_format).values())
 
     def queue_room(self, tools: list[Message] | None, response_format: Message | None) -> int:
         """Tokens the queue may always use; `ContextTooSmall` when that is under 256."""
@@ -106,33 +127,51 @@ class Context:
                                   f"instructions, tools and memory need {self.budget.window - room + 256}")
         return room
 
+    def result_room(self, tools: list[Message] | None, response_format: Message | None) -> int:
+        """Tokens one function result may take: two thirds of the queue's room, keeping `UNREAD_RESERVE`
+        beside it for what arrives with it unread (its call, a pressure alert), and never under half."""
+        room = self.queue_room(tools, response_format)
+        return max(room // 2, min(room * 2 // 3, room - UNREAD_RESERVE))
+
+    def pressure_mark(self, tools: list[Message] | None, response_format: Message | None) -> int:
+        """Request size past which the queue has used `PRESSURE` of its room: time for the alert."""
+        return self.budget.window - int((1 - PRESSURE) * self.queue_room(tools, response_format))
+
     def request_tokens(self, tools: list[Message] | None, response_format: Message | None) -> int:
         return self.counter.request(self.messages(), tools, response_format) + self.budget.reply
 
     def build(self, tools: list[Message] | None, response_format: Message | None,
               summarize: Summarizer) -> list[Message]:
         """The messages of the next request, after any pressure alert and evictions needed to fit."""
-        self.queue_room(tools, response_format)
         window = self.budget.window
         used = self.request_tokens(tools, response_format)
-        if not self.alerted and PRESSURE * window < used <= window:  # past the mark but not yet evicting
+        if not self.alerted and self.pressure_mark(tools, response_format) < used <= window:  # not yet evicting
             self.alerted = True
-            self.append({"role": "user", "content": (
-                f"{ALERT_PREFIX} Memory pressure: the context window is {100 * used // window}% full. The "
-                "oldest messages will soon be evicted to recall storage and replaced by a short summary. "
-                "Save what you still need (findings, with chunk ids and sources) into working memory "
-                "now with core_memory_append to the notes block.")})
+            self.append({"role": "user", "content": self._alert(100 * used // window)})
             self.log(f"memory pressure: {used}/{window} tokens, alert queued")
         while self.request_tokens(tools, response_format) > window:
             if not self._evict(summarize) and not self._shrink_longest(tools, response_format):
                 raise ContextTooSmall(f"the next request does not fit a window of {window} tokens")
         return self.messages()
 
+    def _alert(self, percent: int) -> str:
+        """The pressure alert: what to save, that it is not the task, and the task to continue."""
+        task = self.core.blocks["task"].value if "task" in self.core.blocks else ""
+        return (f"{ALERT_PREFIX} The context window is {percent}% full: the oldest messages will soon move to "
+                "recall storage. If a finding you need is not in notes yet, save it with core_memory_append "
+                "(the fact, its chunk id, its source). This alert is not part of the task and never an answer. "
+                f"Continue the task{': ' + task if task else '.'}")
+
     def _evict(self, summarize: Summarizer) -> bool:
-        """Move the oldest ~half of the queue (by tokens) into the summary; False if nothing can go."""
+        """Move the oldest ~half of the queue (by tokens) into the summary; False if nothing can go.
+
+        What came after the model's last reply (the results it has not read yet, an alert) never goes.
+        """
         sizes = [self.counter.message(m) for m in self.queue]
+        replies = [i for i, m in enumerate(self.queue) if m.get("role") == "assistant"]
+        unread = replies[-1] if replies else len(self.queue) - 1
         half, running, cut = sum(sizes) / 2, 0, 0
-        for index in range(1, len(self.queue)):
+        for index in range(1, unread + 1):
             running += sizes[index - 1]
             if self.queue[index].get("role") == "tool":
                 continue  # never separate tool results from the call that asked for them
@@ -143,7 +182,7 @@ class Context:
             return False
         gone, self.queue = self.queue[:cut], self.queue[cut:]
         self.evicted += len(gone)
-        self.alerted = False
+        self.alerted = any(str(m.get("content") or "").startswith(ALERT_PREFIX) for m in self.queue)
         self.summary = self._fold(gone, summarize)
         self.log(f"evicted {len(gone)} messages to recall storage; summary is {self.counter.text(self.summary)} tokens")
         return True
@@ -200,6 +239,11 @@ class Context:
         self.queue = list(state.get("queue", []))
         self.summary = state.get("summary", "")
         self.evicted = int(state.get("evicted", 0))
+
+
+def _summary_text(summary: str, evicted: int) -> str:
+    return (f"{SUMMARY_ROLE_PREFIX} {evicted} earlier messages were moved to recall storage "
+            f"(conversation_search finds them). Summary:\n{summary}")
 
 
 def _mechanical_summary(previous: str, texts: list[str]) -> str:

@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# what a full block is assumed to hold when budgeting: notes-like text with chunk ids and numbers
+_FILLER = "The Hydra-7 pump holds at most 16 bar; replace its seals every 2000 hours (chunk 4f1c2a9e0b7d3c5e8a61, p. 12). "
+
+
 class MemoryEditError(ValueError):
     """A core-memory edit that cannot be made; the message is shown to the model."""
 
@@ -15,7 +19,6 @@ class MemoryEditError(ValueError):
 @dataclass
 class Block:
     name: str
-    description: str
     limit: int  # characters
     value: str = ""
 
@@ -30,9 +33,8 @@ class CoreMemory:
     def for_window(cls, window: int) -> "CoreMemory":
         """The default blocks, sized for a context window of `window` tokens."""
         return cls([
-            Block("task", "the question being answered now", max(200, min(2000, window // 8))),
-            Block("notes", "your findings so far: facts, with the chunk ids and sources that support them",
-                  max(300, min(4000, window // 3))),
+            Block("task", max(300, min(1000, window // 20))),  # the question being answered now
+            Block("notes", max(300, min(3000, window // 16))),  # findings, with their chunk ids and sources
         ])
 
     def _block(self, name: str) -> Block:
@@ -69,8 +71,8 @@ class CoreMemory:
         """The blocks as shown to the model; `full` pads each to its limit (for worst-case budgeting)."""
         parts = []
         for b in self.blocks.values():
-            value = "x" * b.limit if full else b.value
-            parts.append(f'<{b.name} chars="{len(b.value)}/{b.limit}" about="{b.description}">\n{value}\n</{b.name}>')
+            value = (_FILLER * (1 + b.limit // len(_FILLER)))[:b.limit] if full else b.value
+            parts.append(f'<{b.name} chars="{len(b.value)}/{b.limit}">\n{value}\n</{b.name}>')
         return "\n".join(parts)
 
     def to_dict(self) -> dict[str, str]:

@@ -1,23 +1,28 @@
 """The memory functions the agent calls: model-facing schemas and their implementations.
 
-`Toolbox.call(name, arguments)` never raises: unknown functions, malformed JSON, wrong argument types,
-a repeated identical search and failing searches all come back as `status: Failed` results that the
-model reads and recovers from.
+`Toolbox.call(name, arguments)` never raises: unknown functions, malformed JSON, wrong argument types
+and failing searches all come back as `status: Failed` results that the model reads and recovers from.
+Search results are paged to fit the room a function result has in the context (`pipeline.agent.paging`);
+asking again for a page already shown returns the next unseen page, saying so, or, once every page was
+shown, a hint naming other words to try.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
-from pipeline.agent.context import Context
+from pipeline.agent.context import Context, echoes_alert
 from pipeline.agent.core_memory import MemoryEditError
-from pipeline.agent.paging import PAGE_SIZE, page_window, term_search
+from pipeline.agent.paging import PAGE_SIZE, Ranking, fit_page, normalize_query, page_count, page_window, per_page_for
 from pipeline.types import Hit, SearchResult
 
 HIT_CHARS = 1500  # longest chunk text shown per hit
-RECALL_CHARS = 400  # longest message text shown per conversation_search hit
+RECALL_CHARS = 600  # longest message text shown per conversation_search hit
+RANKED = 50  # hits fetched when a query is first asked (more when the model pages past them)
+HEAD_TOKENS = 96  # room kept for a result page's header lines when sizing pages
 
 
 class Retriever(Protocol):
@@ -26,53 +31,31 @@ class Retriever(Protocol):
     def search(self, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult: ...
 
 
-_HEARTBEAT = {"type": "boolean", "description": (
-    "true to get another step right after this one (to read the result and keep working); "
-    "false only if you are waiting for the user.")}
+# request_heartbeat is MemGPT's way to ask for another step; the runner continues after every call but
+# send_message, so the schemas leave it out (saving tokens in every request) and calls may still send it.
+_HEARTBEAT = {"type": "boolean"}
+_PAGE = {"type": "integer"}
 
 # name -> (description for the model, properties, required)
 SPECS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "archival_memory_search": (
-        "Search the document archive (hybrid keyword + semantic search). Returns one page of matching "
-        "chunks, each with its chunk id, source file and page, and says how many matches exist in total "
-        "and which page you are on. If the answer may be on a later page, call again with the same query "
-        "and the next page number. Do not repeat an identical search.",
-        {"query": {"type": "string", "description": "what to look for: specific words, names or ids"},
-         "page": {"type": "integer", "description": "0-based results page; 0 is the best matches"},
-         "request_heartbeat": _HEARTBEAT},
-        ["query", "request_heartbeat"]),
-    "archival_memory_insert": (
-        "Save a note of your own (a finding, a plan) to your private notes archive, kept apart from the "
-        "documents. Notes are not citable sources; archival_memory_search shows matching notes too.",
-        {"content": {"type": "string", "description": "the note to save"}, "request_heartbeat": _HEARTBEAT},
-        ["content", "request_heartbeat"]),
+        "Search the documents. Shows one page of chunks (chunk_id, source, page) and the page count; "
+        "page 0 is the best. For more: the next page, or other words.",
+        {"query": {"type": "string"}, "page": _PAGE}, ["query"]),
     "core_memory_append": (
-        "Append text to a block of your working memory (always visible to you, kept when old messages are "
-        "evicted). Use the `notes` block for findings: the fact, its chunk id and source.",
-        {"name": {"type": "string", "description": "the block: `notes` (or `task`)"},
-         "content": {"type": "string", "description": "text to append"}, "request_heartbeat": _HEARTBEAT},
-        ["name", "content", "request_heartbeat"]),
+        "Append to working memory block `notes` (findings: fact, chunk id, source) or `task`.",
+        {"name": {"type": "string"}, "content": {"type": "string"}}, ["name", "content"]),
     "core_memory_replace": (
-        "Replace exact text in a block of your working memory (to correct or shorten it). An empty "
-        "new_content deletes old_content.",
-        {"name": {"type": "string", "description": "the block: `notes` (or `task`)"},
-         "old_content": {"type": "string", "description": "text currently in the block, copied exactly"},
-         "new_content": {"type": "string", "description": "the replacement text"},
-         "request_heartbeat": _HEARTBEAT},
-        ["name", "old_content", "new_content", "request_heartbeat"]),
+        "Replace exact text in a working memory block; empty new_content deletes it.",
+        {"name": {"type": "string"}, "old_content": {"type": "string"}, "new_content": {"type": "string"}},
+        ["name", "old_content", "new_content"]),
     "conversation_search": (
-        "Search the full history of this conversation, including messages evicted from your context "
-        "(recall storage). Returns one page of matching messages and the total number of matches.",
-        {"query": {"type": "string", "description": "words to look for"},
-         "page": {"type": "integer", "description": "0-based results page"}, "request_heartbeat": _HEARTBEAT},
-        ["query", "request_heartbeat"]),
+        "Search this conversation, evicted messages included. Shows one page of matches.",
+        {"query": {"type": "string"}, "page": _PAGE}, ["query"]),
     "send_message": (
-        "Deliver your final answer to the user; this ends the question. Answer only from text you "
-        "retrieved, and list the chunk ids you relied on in `citations`. If the documents do not contain "
-        "the answer, say so plainly instead of guessing.",
-        {"message": {"type": "string", "description": "the answer, in plain language"},
-         "citations": {"type": "array", "items": {"type": "string"},
-                       "description": "chunk ids (from search results) that support the answer"}},
+        "Give the final answer, from retrieved text only, citing the chunk ids it rests on; if the "
+        "documents do not answer, say so.",
+        {"message": {"type": "string"}, "citations": {"type": "array", "items": {"type": "string"}}},
         ["message"]),
 }
 FINAL = "send_message"
@@ -90,31 +73,34 @@ def tool_schemas(only: list[str] | None = None) -> list[dict[str, Any]]:
 def step_format(only: list[str] | None = None, *, kind: str = "json_schema") -> dict[str, Any]:
     """`response_format` for json tool mode: one object naming a function and its arguments.
 
-    `kind` "json_schema" is OpenAI's form; "json_object" puts the schema beside the type, the form
-    llama-cpp-python's server turns into a grammar.
+    `kind` "json_object" puts the schema beside the type, the form llama-cpp-python's server turns into a
+    grammar: there each function's arguments are spelled out, at no prompt cost. "json_schema" is OpenAI's
+    form, counted as prompt tokens: there the arguments are any object (the system prompt lists them).
     """
     names = [n for n in SPECS if only is None or n in only]
-    schema = {
-        "type": "object",
-        "properties": {
-            "function": {"type": "string", "enum": names},
-            "arguments": {"anyOf": [{"type": "object", "properties": SPECS[n][1], "required": SPECS[n][2]}
-                                    for n in names]}},
-        "required": ["function", "arguments"]}
+    if kind not in ("json_object", "json_schema"):
+        raise ValueError(f"unknown response format {kind!r}: use json_schema or json_object")
+    arguments: dict[str, Any] = {"type": "object"}
+    if kind == "json_object":
+        arguments = {"anyOf": [{"type": "object", "properties": SPECS[n][1], "required": SPECS[n][2]} for n in names]}
+    schema = {"type": "object", "properties": {"function": {"type": "string", "enum": names}, "arguments": arguments},
+              "required": ["function", "arguments"]}
     if kind == "json_object":
         return {"type": "json_object", "schema": schema}
-    if kind != "json_schema":
-        raise ValueError(f"unknown response format {kind!r}: use json_schema or json_object")
     return {"type": "json_schema", "json_schema": {"name": "agent_step", "schema": schema}}
 
 
+_SHOWN_TYPES = {"string": "", "integer": ": int", "boolean": ": bool", "array": ": [str]"}
+
+
 def describe_functions(only: list[str] | None = None) -> str:
-    """The functions as text, for the system prompt in json tool mode (no `tools` are sent there)."""
+    """The functions as text, for the system prompt in json tool mode (no `tools` are sent there):
+    `- name(arg, optional?: int): description`."""
     lines = []
     for name, (description, props, required) in SPECS.items():
         if only is not None and name not in only:
             continue
-        params = ", ".join(f"{p}: {spec['type']}{'' if p in required else ' (optional)'}" for p, spec in props.items())
+        params = ", ".join(f"{p}{'' if p in required else '?'}{_SHOWN_TYPES[spec['type']]}" for p, spec in props.items())
         lines.append(f"- {name}({params}): {description}")
     return "\n".join(lines)
 
@@ -180,17 +166,42 @@ def _hit_label(hit: Hit) -> str:
     return f"chunk_id: {hit.chunk_id} | source: {hit.source}{where}{heading}"
 
 
-class Toolbox:
-    """The functions bound to one run: the archive, the context (working memory, recall), private notes."""
+_STOPWORDS = frozenset("what which when where does with that this from have there their about into they were been "
+                       "many much after before should would could than then them your will shall".split())
 
-    def __init__(self, retriever: Retriever, context: Context, *, notes: list[str] | None = None,
-                 top_k: int = 5) -> None:
+
+def _untried_words(task: str, queries: list[str], limit: int = 4) -> list[str]:
+    """Words of the question that no search so far used: the first suggestions for other words to try."""
+    used = {w for q in queries for w in re.findall(r"\w+", q.lower())}
+    words = [w for w in re.findall(r"[A-Za-z][\w-]{3,}", task) if w.lower() not in used | _STOPWORDS]
+    return list(dict.fromkeys(words))[:limit]
+
+
+@dataclass
+class _Page:
+    """Which page of a ranking to show: `number`, and a note when it is not the page that was asked for."""
+
+    number: int
+    note: str = ""
+
+
+class Toolbox:
+    """The functions bound to one run: the archive and the context (working memory, recall storage).
+
+    `room()` is how many tokens one function result may take in the context now. Page sizes are fixed
+    from it at the first search of each kind, so page N of a query means the same results all question.
+    """
+
+    def __init__(self, retriever: Retriever, context: Context, *, room: Callable[[], int], top_k: int = 5) -> None:
         self.retriever = retriever
         self.context = context
-        self.notes = notes if notes is not None else []
+        self.room = room
         self.top_k = top_k
         self.retrieved: dict[str, Hit] = {}  # every chunk shown to the model in this run
-        self.searches: set[tuple[str, int]] = set()
+        self.archival: dict[str, Ranking[Hit]] = {}  # normalized query -> its ranking, as first fetched
+        self.recall: dict[str, Ranking[int]] = {}  # normalized query -> indices into recall storage
+        self.hits_per_page: int | None = None
+        self.messages_per_page: int | None = None
 
     def call(self, name: str, raw_arguments: str | dict[str, Any]) -> Outcome:
         if name not in SPECS:
@@ -212,43 +223,35 @@ class Toolbox:
     # -- the functions; their model-facing descriptions are in SPECS
 
     def archival_memory_search(self, query: str, page: int = 0) -> Outcome:
-        key = (" ".join(query.lower().split()), page)
-        if key in self.searches:
-            return Outcome.failed(
-                f"you already ran this exact search (query {query!r}, page {page}); its results are above "
-                "or in recall storage. Ask for the next page, try different words, or answer.")
-        self.searches.add(key)
-        result = self.retriever.search(query, mode="hybrid", top_k=self.top_k, page=page)
-        if result.total and page >= result.pages:
-            return Outcome.failed(f"page {page} does not exist: {result.total} results make {result.pages} "
-                                  f"pages (0 to {result.pages - 1})")
-        if not result.hits:
-            lines = [f"status: OK\nNo documents match {query!r}. Try other words."]
-            summary = "OK: no results"
-        else:
-            window = page_window(result.total, page, self.top_k)
-            more = (f"Next: page={page + 1} shows the following results." if page + 1 < result.pages
-                    else "This is the last page.")
-            lines = [f"status: OK\n{window} for {query!r}. {more}"]
-            first = page * self.top_k + 1
-            for offset, hit in enumerate(result.hits):
-                self.retrieved[hit.chunk_id] = hit
-                text = hit.text if len(hit.text) <= HIT_CHARS else hit.text[:HIT_CHARS] + " [...]"
-                lines.append(f"[{first + offset}] {_hit_label(hit)}\n{text}")
-            summary = f"OK: {window}"
-        if page == 0:
-            own = [self.notes[i] for i in term_search(self.notes, query)[:3]]
-            if own:
-                lines.append("Your own saved notes matching this query (not citable):\n"
-                             + "\n".join(f"- {n}" for n in own))
-        return Outcome(True, "\n\n".join(lines), summary)
-
-    def archival_memory_insert(self, content: str) -> Outcome:
-        self.notes.append(content)
-        return Outcome(True, f"status: OK\nSaved to your notes ({len(self.notes)} in total).",
-                       f"OK: note {len(self.notes)} saved")
+        key = normalize_query(query)
+        if key not in self.archival:
+            result = self.retriever.search(query, mode="hybrid", top_k=RANKED, page=0)
+            self.archival[key] = Ranking(list(result.hits), result.total)
+        ranking = self.archival[key]
+        if not ranking.total:
+            return self._nothing(query, "documents", repeated=0 in ranking.shown, ranking=ranking)
+        if self.hits_per_page is None:
+            costs = [self.context.counter.text("\n".join(self._hit_entry(0, h))) for h in ranking.items[:self.top_k]]
+            self.hits_per_page = per_page_for(self.room() - HEAD_TOKENS, costs, preferred=self.top_k)
+        per_page = self.hits_per_page
+        self._fetch(query, ranking, (page + 1) * per_page)
+        chosen = self._choose(query, "results", ranking, page, per_page)
+        if isinstance(chosen, Outcome):
+            return chosen
+        self._fetch(query, ranking, (chosen.number + 1) * per_page)
+        hits = ranking.page(chosen.number, per_page)
+        first = chosen.number * per_page + 1
+        entries = [self._hit_entry(first + offset, hit) for offset, hit in enumerate(hits)]
+        for hit in hits:
+            self.retrieved[hit.chunk_id] = hit
+        window = page_window(ranking.total, chosen.number, per_page)
+        head = f"status: OK\n{chosen.note}{window} for {query!r}. {self._next(ranking, chosen.number, per_page)}"
+        text = fit_page(head, entries, "", self.room(), self.context.counter)
+        return Outcome(True, text, f"OK: {chosen.note}{window}")
 
     def core_memory_append(self, name: str, content: str) -> Outcome:
+        if echoes_alert(content):
+            raise MemoryEditError(f"that is the memory alert, not a finding; nothing was saved. {self.task_line()}")
         value = self.context.core.append(name, content)
         block = self.context.core.blocks[name]
         return Outcome(True, f"status: OK\nBlock {name!r} now holds {len(value)}/{block.limit} characters.",
@@ -261,21 +264,98 @@ class Toolbox:
                        f"OK: {name} {len(value)}/{block.limit} chars")
 
     def conversation_search(self, query: str, page: int = 0) -> Outcome:
-        found, total = self.context.recall.search(query, page)
-        if total and not found:
-            pages = -(-total // PAGE_SIZE)
-            return Outcome.failed(f"page {page} does not exist: {total} matches make {pages} pages")
-        if not total:
-            return Outcome(True, f"status: OK\nNo earlier messages match {query!r}.", "OK: no matches")
-        window = page_window(total, page)
-        lines = [f"status: OK\n{window} for {query!r}."]
-        for message in found:
-            text = (message.get("content") or "")[:RECALL_CHARS]
-            calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})"
-                              for c in message.get("tool_calls") or [])
-            lines.append(f"- [{message.get('time', '')}] {message.get('role')}: {text}{' ' + calls if calls else ''}")
-        return Outcome(True, "\n".join(lines), f"OK: {window}")
+        key = normalize_query(query)
+        if key not in self.recall:
+            order = self.context.recall.rank(query)
+            self.recall[key] = Ranking(order, len(order))
+        ranking = self.recall[key]
+        if not ranking.total:
+            return self._nothing(query, "earlier messages", repeated=0 in ranking.shown, ranking=ranking)
+        messages = self.context.recall.messages
+        if self.messages_per_page is None:
+            costs = [self.context.counter.text("\n".join(self._message_entry(messages[i])))
+                     for i in ranking.items[:PAGE_SIZE]]
+            self.messages_per_page = per_page_for(self.room() - HEAD_TOKENS, costs, preferred=PAGE_SIZE)
+        per_page = self.messages_per_page
+        chosen = self._choose(query, "matches", ranking, page, per_page)
+        if isinstance(chosen, Outcome):
+            return chosen
+        entries = [self._message_entry(messages[i]) for i in ranking.page(chosen.number, per_page)]
+        window = page_window(ranking.total, chosen.number, per_page)
+        head = f"status: OK\n{chosen.note}{window} for {query!r}. {self._next(ranking, chosen.number, per_page)}"
+        return Outcome(True, fit_page(head, entries, "", self.room(), self.context.counter),
+                       f"OK: {chosen.note}{window}")
 
     def send_message(self, message: str, citations: list[str] | None = None) -> Outcome:
+        if echoes_alert(message):
+            return Outcome.failed(f"that message repeats the memory alert; it is not an answer and was not "
+                                  f"delivered. {self.task_line()}")
         return Outcome(True, "status: OK\nMessage delivered.", f"answered ({len(citations or [])} citations)",
                        final=True)
+
+    # -- paging
+
+    def _fetch(self, query: str, ranking: Ranking[Hit], wanted: int) -> None:
+        """Make sure `ranking` holds its first `wanted` hits: later ranks are appended, never reordered."""
+        if len(ranking.items) >= min(wanted, ranking.total):
+            return
+        result = self.retriever.search(query, mode="hybrid", top_k=max(wanted, 2 * len(ranking.items)), page=0)
+        known = {h.chunk_id for h in ranking.items}
+        fresh = [h for h in result.hits if h.chunk_id not in known]
+        ranking.items.extend(fresh)
+        if len(ranking.items) < min(wanted, ranking.total) and not fresh:
+            ranking.total = len(ranking.items)  # the retriever has no more to give than this
+
+    def _choose(self, query: str, what: str, ranking: Ranking[Any], page: int, per_page: int) -> "_Page | Outcome":
+        """The page to show for a request of `page`: it, or the next unseen page when it was shown already."""
+        pages = page_count(ranking.total, per_page)
+        if page >= pages:
+            return Outcome.failed(f"page {page} does not exist: {ranking.total} {what} make {pages} pages of "
+                                  f"{per_page} (page=0 to page={pages - 1})")
+        chosen = _Page(page)
+        if page in ranking.shown:
+            unseen = ranking.next_unseen(page, per_page)
+            if unseen is None:
+                return Outcome.failed(f"you have already seen every page of {query!r} (page=0 to page={pages - 1}, "
+                                      f"all {ranking.total} {what}). {self._other_words()}")
+            chosen = _Page(unseen, f"You already saw page={page} of this search; here is page={unseen}, the next "
+                                   "one you have not seen.\n")
+        ranking.shown.add(chosen.number)
+        return chosen
+
+    @staticmethod
+    def _next(ranking: Ranking[Any], page: int, per_page: int) -> str:
+        return (f"Next: page={page + 1}." if page + 1 < page_count(ranking.total, per_page)
+                else "This is the last page.")
+
+    def _nothing(self, query: str, what: str, *, repeated: bool, ranking: Ranking[Any]) -> Outcome:
+        ranking.shown.add(0)
+        if repeated:
+            return Outcome.failed(f"you already searched for {query!r} and no {what} matched. {self._other_words()}")
+        return Outcome(True, f"status: OK\nNo {what} match {query!r}. {self._other_words()}", "OK: no results")
+
+    def _other_words(self) -> str:
+        queries = [*self.archival, *self.recall]
+        words = _untried_words(self.context.core.blocks["task"].value if "task" in self.context.core.blocks else "",
+                               queries)
+        hint = f" (words of the question not searched yet: {', '.join(words)})" if words else ""
+        return (f"Search with other words{hint}, or answer with send_message from what you found "
+                "(or say that the documents do not answer it).")
+
+    def task_line(self) -> str:
+        """`Continue the task: <the question>`, for notes that put the model back on track."""
+        task = self.context.core.blocks["task"].value if "task" in self.context.core.blocks else ""
+        return f"Continue the task: {task}" if task else "Continue the task."
+
+    @staticmethod
+    def _hit_entry(rank: int, hit: Hit) -> tuple[str, str]:
+        text = hit.text if len(hit.text) <= HIT_CHARS else hit.text[:HIT_CHARS] + " [...]"
+        return f"[{rank}] {_hit_label(hit)}", text
+
+    @staticmethod
+    def _message_entry(message: dict[str, Any]) -> tuple[str, str]:
+        calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})"
+                          for c in message.get("tool_calls") or [])
+        text = " ".join(part for part in [message.get("content") or "", calls] if part)
+        text = text if len(text) <= RECALL_CHARS else text[:RECALL_CHARS] + " [...]"
+        return f"- [{message.get('time', '')}] {message.get('role')}:", text

@@ -2,53 +2,40 @@
 
 Each step sends the context (built within the token budget by `pipeline.agent.context.Context`) and runs
 the function(s) the model calls, feeding results back, until `send_message` or a plain-text reply
-delivers the answer. The loop continues after search and memory calls even when the model forgot
-`request_heartbeat` (saying so in the trace); after `max_steps` one last step forces an answer.
+delivers the answer. Every call but `send_message` gets another step (MemGPT's `request_heartbeat` is
+accepted and not needed); after `max_steps` one last step forces an answer.
 `answer()` never raises for model or tool trouble: it returns `Answer(status="error")`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Callable
 
 from pipeline.config import Settings
-from pipeline.agent.functions import (FINAL, SPECS, Outcome, Retriever, Toolbox, describe_functions, step_format,
-                                tool_schemas)
-from pipeline.llm import ChatClient, ChatReply, LLMError, ToolCall
-from pipeline.agent.context import Budget, Context, ContextTooSmall, cut_to_tokens
+from pipeline.agent import citations
+from pipeline.agent.context import Budget, Context, ContextTooSmall, cut_to_tokens, echoes_alert
 from pipeline.agent.core_memory import CoreMemory
+from pipeline.agent.functions import FINAL, Outcome, Retriever, Toolbox, describe_functions, step_format, tool_schemas
 from pipeline.agent.recall import Recall
+from pipeline.agent.replies import Calls, Empty, Malformed, PlainText, parse_reply
 from pipeline.agent.session import Session
 from pipeline.agent.tokens import TokenCounter
+from pipeline.llm import ChatClient, ChatReply, LLMError, ToolCall
 from pipeline.types import Answer, Citation, Step
 
-__all__ = ["Retriever", "answer", "system_prompt"]
+__all__ = ["Retriever", "answer", "context_budget", "request_shape", "system_prompt"]
 
-_PROMPT = """You are pagefault, a careful document analyst. You answer questions about a document archive \
-far larger than what you can see at once, by searching it step by step.
+_PROMPT = """You are pagefault, a careful document analyst. You answer a question about documents too large \
+to see at once by searching them step by step (archival_memory_search, page by page, with other words if needed).
+- Working memory (below) is always visible: `task` is the question; keep findings in `notes` with their chunk ids \
+(core_memory_append). Old messages move to recall storage (conversation_search) and a summary.
+- Answer with send_message using only retrieved text, and put the chunk ids you used in `citations`. If the \
+documents do not answer the question, say so. Never guess.
+- A [system alert] is about memory, never the task or an answer: do what it says, then continue the task."""
 
-Your memory:
-- The archive (archival memory) holds the documents, split into chunks. You see it only through \
-archival_memory_search, one page of results at a time; each result says how many matches exist in total and \
-which page you are on, and each chunk has a chunk_id, a source file and a page.
-- Working memory (below) is always visible: `task` is the question, `notes` is where you keep findings. It \
-survives when old messages are evicted.
-- Older messages are moved to recall storage when the context fills up (conversation_search reads them) and \
-replaced by a summary. When you see a memory-pressure alert, save your findings to `notes` first.
-
-How to work:
-1. Search with specific queries. If the answer may be on a later page, ask for the next page; try other words.
-2. Keep key facts, with their chunk ids and sources, in `notes` (core_memory_append).
-3. Answer with send_message, using only text you retrieved, and put the chunk ids you relied on in `citations`.
-4. If the archive does not contain the answer after a reasonable search, say plainly that the documents do \
-not answer it. Never guess, and never cite a chunk you have not seen in search results.
-Set request_heartbeat=true on every call except send_message, so that you keep working."""
-
-_TOOLS_MODE = "Call exactly one function per step."
-_JSON_MODE = """Each reply must be exactly one JSON object and nothing else:
-{"function": "<function name>", "arguments": {<its arguments>}}
+_TOOLS_MODE = "Call one function per step."
+_JSON_MODE = """Reply with one JSON object only: {"function": "<name>", "arguments": {...}}
 Functions:
 """
 
@@ -60,7 +47,7 @@ EMPTY_REPLY = "[system] Your reply was empty. Call a function, or give your answ
 def system_prompt(tool_mode: str) -> str:
     """The agent's instructions for `tool_mode` ("tools" or "json")."""
     if tool_mode == "json":
-        return f"{_PROMPT}\n\n{_JSON_MODE}{describe_functions()}"
+        return f"{_PROMPT}\n{_JSON_MODE}{describe_functions()}"
     return f"{_PROMPT}\n{_TOOLS_MODE}"
 
 
@@ -77,6 +64,26 @@ def answer(question: str, *, retriever: Retriever, client: ChatClient, settings:
     return run.run()
 
 
+def request_shape(settings: Settings, *, forced: bool = False) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
+    """(tools, response_format) of an agent step: every function, or only send_message when `forced`."""
+    only = [FINAL] if forced else None
+    if settings.tool_mode == "json":
+        return None, step_format(only, kind=settings.response_format)
+    return tool_schemas(only), None
+
+
+def new_context(settings: Settings, recall: Recall, log: Callable[[str], None] = lambda _: None) -> Context:
+    """An empty main context for `settings`: instructions, working memory and budget sized to its window."""
+    return Context(system=system_prompt(settings.tool_mode), core=CoreMemory.for_window(settings.context_window),
+                   budget=Budget.for_window(settings.context_window), counter=TokenCounter(), recall=recall, log=log)
+
+
+def context_budget(settings: Settings) -> dict[str, int]:
+    """Tokens each fixed part of the context takes at `settings.context_window`, and `queue`: what is left."""
+    parts = new_context(settings, Recall()).fixed_parts(*request_shape(settings))
+    return {**parts, "queue": settings.context_window - sum(parts.values())}
+
+
 class _Run:
     def __init__(self, question: str, retriever: Retriever, client: ChatClient, settings: Settings,
                  session: str | None, log: Callable[[str], None]) -> None:
@@ -87,12 +94,9 @@ class _Run:
         self.json_mode = settings.tool_mode == "json"
         self.session = Session.for_store(settings.store, session) if session else None
         state = self.session.open() if self.session else {}
-        self.context = Context(system=system_prompt(settings.tool_mode), core=CoreMemory.for_window(settings.context_window),
-                               budget=Budget.for_window(settings.context_window), counter=TokenCounter(),
-                               recall=Recall(self.session.recall_path if self.session else None), log=log)
+        self.context = new_context(settings, Recall(self.session.recall_path if self.session else None), log)
         self.context.load(state)
-        self.toolbox = Toolbox(retriever, self.context, notes=list(state.get("notes", [])),
-                               top_k=settings.top_k)
+        self.toolbox = Toolbox(retriever, self.context, room=self._result_room, top_k=settings.top_k)
         self.context.queue_room(*self._request_shape(forced=False))  # fail early on a hopeless window
         self.result = Answer(question=question, answer="")
         self.steps_taken = 0
@@ -121,10 +125,7 @@ class _Run:
             self._save()
 
     def _request_shape(self, *, forced: bool) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
-        only = [FINAL] if forced else None
-        if self.json_mode:
-            return None, step_format(only, kind=self.settings.response_format)
-        return tool_schemas(only), None
+        return request_shape(self.settings, forced=forced)
 
     def _step(self, *, forced: bool) -> bool:
         """One request and the calls it makes; True once the question is answered."""
@@ -136,13 +137,24 @@ class _Run:
                                      max_tokens=self.context.budget.reply)
         self._count(reply)
         self.context.counter.observe(estimate, reply.prompt_tokens)
-        calls = self._calls(reply)
-        if calls is None:
-            return False  # malformed reply, already fed back
-        if not calls:
+        parsed = parse_reply(reply, json_mode=self.json_mode, step=self.steps_taken)
+        if isinstance(parsed, Empty):
+            self.context.append({"role": "assistant", "content": ""})
+            self.context.append({"role": "user", "content": EMPTY_REPLY})
+            self._record(Step("(empty reply)", {}, "Failed: empty reply", reply.prompt_tokens, reply.completion_tokens))
+            return False
+        if isinstance(parsed, Malformed):
+            self.context.append({"role": "assistant", "content": reply.content})
+            self.context.append({"role": "user", "content": f"[function result]\n{Outcome.failed(parsed.reason).text}"})
+            self._record(Step("(malformed reply)", {"raw": parsed.raw[:200]}, f"Failed: {parsed.reason}",
+                              reply.prompt_tokens, reply.completion_tokens))
+            self.log(f"step {self.steps_taken}: malformed reply -> {parsed.reason}")
+            return False
+        if isinstance(parsed, PlainText):
             return self._plain_answer(reply)
+        self._append_calls(parsed, reply)
         done = False
-        for index, call in enumerate(calls):
+        for index, call in enumerate(parsed.calls):
             if done:
                 self._feed(call, Outcome.failed("not run: send_message already ended the question"), reply, index)
                 continue
@@ -150,45 +162,21 @@ class _Run:
             self._feed(call, outcome, reply, index)
             if outcome.final:
                 done = self._deliver(outcome)
-            elif outcome.ok and call.name in SPECS and not outcome.arguments.get("request_heartbeat"):
-                self.log(f"  heartbeat not requested after {call.name}: continuing anyway")
         return done
 
-    def _calls(self, reply: ChatReply) -> list[ToolCall] | None:
-        """The function calls in `reply` ([] for a plain-text answer; None if malformed and fed back)."""
-        content = (reply.content or "").strip()
-        if reply.tool_calls and not self.json_mode:
-            calls = [ToolCall(c.id or f"call_{self.steps_taken}_{i}", c.name, c.arguments)
-                     for i, c in enumerate(reply.tool_calls)]
-            limit = self.context.queue_room(*self._request_shape(forced=False)) // (4 * len(calls))
-            self.context.append({"role": "assistant", "content": reply.content, "tool_calls": [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.name, "arguments": self._kept_arguments(c.arguments, limit)}}
-                for c in calls]})
-            return calls
-        if not content:
-            self.context.append({"role": "assistant", "content": ""})
-            self.context.append({"role": "user", "content": EMPTY_REPLY})
-            self._record(Step("(empty reply)", {}, "Failed: empty reply", reply.prompt_tokens, reply.completion_tokens))
-            return None
-        if not _looks_like_json(content):
-            return []
-        self.context.append({"role": "assistant", "content": reply.content})
-        try:
-            obj = json.loads(_unfence(content))
-            if not isinstance(obj, dict) or not isinstance(obj.get("function", obj.get("name")), str):
-                raise ValueError('expected an object like {"function": "...", "arguments": {...}}')
-            name = obj.get("function", obj.get("name"))
-            arguments = obj.get("arguments", {})
-            return [ToolCall(f"json_{self.steps_taken}", name, arguments if isinstance(arguments, str)
-                             else json.dumps(arguments))]
-        except ValueError as exc:  # json.JSONDecodeError included
-            reason = f"your reply is not a valid function call: {exc}"
-            self.context.append({"role": "user", "content": f"[function result]\n{Outcome.failed(reason).text}"})
-            self._record(Step("(malformed reply)", {"raw": content[:200]}, f"Failed: {reason}",
-                              reply.prompt_tokens, reply.completion_tokens))
-            self.log(f"step {self.steps_taken}: malformed reply -> {reason}")
-            return None
+    def _append_calls(self, parsed: Calls, reply: ChatReply) -> None:
+        """The model's own call message, as the next requests will show it."""
+        if not parsed.native:
+            self.context.append({"role": "assistant", "content": reply.content})
+            return
+        limit = self.context.queue_room(*self._request_shape(forced=False)) // (4 * len(parsed.calls))
+        self.context.append({"role": "assistant", "content": reply.content, "tool_calls": [
+            {"id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": self._kept_arguments(c.arguments, limit)}}
+            for c in parsed.calls]})
+
+    def _result_room(self) -> int:
+        return self.context.result_room(*self._request_shape(forced=False))
 
     def _kept_arguments(self, arguments: str, limit: int) -> str:
         """Arguments as sent back to the model in its own message: valid JSON, long strings cut to fit `limit`."""
@@ -207,9 +195,7 @@ class _Run:
 
     def _feed(self, call: ToolCall, outcome: Outcome, reply: ChatReply, index: int) -> None:
         """Record the call and give its result to the model, cut to fit the context."""
-        tools, response_format = self._request_shape(forced=False)
-        limit = self.context.queue_room(tools, response_format) // 2
-        text = cut_to_tokens(outcome.text, limit, self.context.counter)
+        text = cut_to_tokens(outcome.text, self._result_room(), self.context.counter)
         if self.json_mode or not reply.tool_calls:
             self.context.append({"role": "user", "content": f"[function result: {call.name}]\n{text}"})
         else:
@@ -231,6 +217,12 @@ class _Run:
     def _plain_answer(self, reply: ChatReply) -> bool:
         content = (reply.content or "").strip()
         self.context.append({"role": "assistant", "content": content})
+        if echoes_alert(content):
+            reason = f"that repeats the memory alert; it is not an answer. {self.toolbox.task_line()}"
+            self.context.append({"role": "user", "content": f"[system] {reason}"})
+            self._record(Step("(plain reply)", {}, f"Failed: {reason}", reply.prompt_tokens, reply.completion_tokens))
+            self.log(f"step {self.steps_taken}: plain-text reply repeats the memory alert: not taken as the answer")
+            return False
         self._record(Step("(plain reply)", {}, "answered without send_message",
                           reply.prompt_tokens, reply.completion_tokens))
         self.log(f"step {self.steps_taken}: plain-text reply taken as the answer")
@@ -239,17 +231,10 @@ class _Run:
         return True
 
     def _citations(self, message: str, cited: list[str]) -> list[Citation]:
-        """Cited chunk ids (and retrieved ids mentioned in the text) that were really retrieved; others flagged."""
-        mentioned = [cid for cid in self.toolbox.retrieved if cid in message]
-        kept, dropped = [], []
-        for cid in dict.fromkeys([*cited, *mentioned]):
-            hit = self.toolbox.retrieved.get(cid)
-            if hit is None:
-                dropped.append(cid)
-            else:
-                kept.append(Citation(source=hit.source, page=hit.page, chunk_id=cid))
+        """Citations to chunks really retrieved, found wherever their ids appear; other strings flagged."""
+        kept, dropped = citations.check(message, cited, self.toolbox.retrieved)
         if dropped:
-            note = f"dropped {len(dropped)} citation(s) to chunks never retrieved in this run: {', '.join(dropped)}"
+            note = f"dropped {len(dropped)} citation(s) naming no chunk retrieved in this run: {', '.join(dropped)}"
             self._record(Step("(citation check)", {"dropped": dropped}, note))
             self.log(f"  {note}")
         return kept
@@ -282,18 +267,7 @@ class _Run:
         if self.session is None:
             return
         try:
-            self.session.save({**self.context.to_dict(), "notes": self.toolbox.notes})
+            self.session.save(self.context.to_dict())
         except OSError as exc:
             self._fail(f"could not save session to {self.session.directory}: {exc}")
 
-
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
-
-
-def _unfence(text: str) -> str:
-    match = _FENCE.match(text.strip())
-    return match.group(1) if match else text
-
-
-def _looks_like_json(text: str) -> bool:
-    return _unfence(text).lstrip().startswith("{")

@@ -1,4 +1,4 @@
-"""Recall storage: every message that entered the queue, optionally persisted as JSONL, searchable page by page."""
+"""Recall storage: every message that entered the queue, optionally persisted as JSONL, searchable."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.agent.paging import PAGE_SIZE, term_search
+from pipeline.agent.paging import term_search
 
 Message = dict[str, Any]
 
@@ -30,11 +30,9 @@ class Recall:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def search(self, query: str, page: int = 0, per_page: int = PAGE_SIZE) -> tuple[list[Message], int]:
-        """One page of matching messages (best first) and the total number of matches."""
-        texts = [render_message(m) for m in self.messages]
-        order = term_search(texts, query)
-        return [self.messages[i] for i in order[page * per_page:(page + 1) * per_page]], len(order)
+    def rank(self, query: str) -> list[int]:
+        """Indices of the messages matching `query`, best first."""
+        return term_search([render_message(m) for m in self.messages], query)
 
 
 def render_message(message: Message) -> str:

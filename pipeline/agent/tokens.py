@@ -73,8 +73,14 @@ class TokenCounter:
 
     def request(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                 response_format: dict[str, Any] | None = None) -> int:
-        """Prompt tokens of a whole request: messages, tool schemas and response format."""
-        return REQUEST_OVERHEAD + self.messages(messages) + self.schema(tools) + self.schema(response_format)
+        """Prompt tokens of a whole request: messages, tool schemas and a response format that is prompt text.
+
+        A `json_object` format with a schema (llama.cpp's form) is compiled into a sampling grammar and never
+        shown to the model, so it costs no prompt tokens; a `json_schema` format (OpenAI's) is counted.
+        """
+        grammar_only = bool(response_format) and response_format.get("type") == "json_object"
+        return (REQUEST_OVERHEAD + self.messages(messages) + self.schema(tools)
+                + (0 if grammar_only else self.schema(response_format)))
 
     def observe(self, estimated: int, reported: int) -> None:
         """Learn from the endpoint's `prompt_tokens` for a request estimated at `estimated` (never lowers)."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli import store_option
+from pipeline.cli import context_window_option, store_option
 from pipeline.local_llm import llm_endpoint, llm_options
 from pipeline.types import Answer
 
@@ -37,8 +37,7 @@ def format_answer(result: Answer) -> str:
 @click.argument("question")
 @store_option
 @click.option("--model", envvar="ANALYZE_MODEL", help="Model name sent to the endpoint (env ANALYZE_MODEL).")
-@click.option("--context-window", type=click.IntRange(1024), envvar="ANALYZE_CONTEXT_WINDOW",
-              help="Token budget of every request, reply included (env ANALYZE_CONTEXT_WINDOW; default 8192).")
+@context_window_option
 @click.option("--tool-mode", type=click.Choice(["tools", "json"]), envvar="ANALYZE_TOOL_MODE",
               help="tools: native tool calls (default); json: one JSON object per step, constrained by "
                    "response_format (for servers whose tool calls are unreliable).")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli import store_option
+from pipeline.cli import context_window_option, store_option
 from pipeline.config import Settings
 from pipeline.local_llm import llm_endpoint, llm_options, wants_local
 
@@ -70,8 +70,7 @@ def _nothing_to_ask(question: str) -> Any:
 @click.option("--tool-mode", type=click.Choice(["tools", "json"]), default=None,
               help="Native tool calls or one JSON object per step (env ANALYZE_TOOL_MODE).")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Agent steps per question.")
-@click.option("--context-window", type=click.IntRange(512), default=None,
-              help="Tokens in the model's window (env ANALYZE_CONTEXT_WINDOW).")
+@context_window_option
 @click.option("--top-k", type=click.IntRange(1, 50), default=None, help="Search hits per page (default 5).")
 @llm_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")

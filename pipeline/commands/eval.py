@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import click
 
+from pipeline.cli import context_window_option
 from pipeline.config import Settings
 from pipeline.local_llm import llm_endpoint, llm_options
 
@@ -45,7 +46,7 @@ def _levels(_: click.Context, __: click.Parameter, value: str) -> tuple[int, ...
 @click.option("--model", default=None, help="nested-kv: model name (env ANALYZE_MODEL).")
 @click.option("--tool-mode", type=click.Choice(["tools", "json"]), default=None, help="nested-kv: function calling.")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="nested-kv: agent steps per question.")
-@click.option("--context-window", type=click.IntRange(512), default=None, help="nested-kv: tokens in the window.")
+@context_window_option
 @llm_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def command(target: str, baseline: bool, levels: tuple[int, ...], pairs: int, per_level: int, seed: int,

@@ -1,0 +1,285 @@
+"""Small windows and small models: every hit reachable, a light fixed context, no wasted steps.
+
+The agent is driven by scripted "models" that read what the agent showed them (page headers, hits) and
+act on it, as a careful small model would: page through results, save progress on an alert, answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+import pytest
+
+from pipeline.agent.context import ALERT_PREFIX, echoes_alert
+from pipeline.agent.loop import answer, context_budget
+from pipeline.config import Settings
+from pipeline.llm import ChatReply
+from pipeline.testing import FakeRetriever, ScriptedChatClient, is_summary_request, json_reply, make_hit, summaries, \
+    text_reply, tool_reply
+from pipeline.agent.tokens import TokenCounter
+from pipeline.types import Hit, SearchResult
+
+SEARCH = "archival_memory_search"
+WINDOWS = [2048, 3000, 4096, 8192]
+NEXT = re.compile(r"Next: page=(\d+)\.")
+CHUNK = re.compile(r"chunk_id: (\S+) \|")
+QUESTION = "What torque does the Hydra-7 impeller nut need?"
+
+
+def long_hits(n: int = 40, *, answer_at: int | None = None) -> list[Hit]:
+    """`n` chunks of about 1,300 characters, all matching "pump manual section", ranked in list order."""
+    hits = []
+    for rank in range(1, n + 1):
+        filler = " ".join(f"The pump manual section {rank} describes valve {v} and its seal, gasket and "
+                          f"housing checks in routine service." for v in range(12))
+        fact = " The impeller nut needs a torque of 42 Nm." if rank == answer_at else ""
+        hits.append(make_hit(f"r{rank:02d}", f"pump manual section {rank}.{fact} {filler}", page=rank))
+    return hits
+
+
+def last_content(request: dict[str, Any]) -> str:
+    return str(request["messages"][-1].get("content") or "")
+
+
+def assert_within_window(client: ScriptedChatClient, window: int) -> None:
+    counter = TokenCounter()
+    for request in client.requests:
+        size = counter.request(request["messages"], request["tools"], request["response_format"])
+        assert size + (request["max_tokens"] or 0) <= window
+
+
+def since_last_call(request: dict[str, Any]) -> str:
+    """What the agent showed the model since its last reply: results, alerts (tool and user messages)."""
+    messages = request["messages"]
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=0)
+    return "\n".join(str(m.get("content") or "") for m in messages[last + 1:])
+
+
+PAGE = re.compile(r"Results \d+-\d+ of \d+ \(page=(\d+) of")
+
+
+def pager(function: str, query: str, reply: Callable[..., ChatReply], seen: list[str],
+          *, answer_when: str | None = None) -> Callable[[dict[str, Any]], ChatReply]:
+    """A careful small model: searches `query` and asks for each next page the header names until the last
+    (or until a result holds `answer_when`), saves its progress when alerted, and records what each page
+    showed in `seen`."""
+    state = {"next": 0}
+
+    def step(request: dict[str, Any]) -> ChatReply:
+        text = since_last_call(request)
+        if PAGE.search(text):
+            seen.extend(CHUNK.findall(text) if function == SEARCH else re.findall(r"MSG-\d\d", text))
+            state["next"] = int(m.group(1)) if (m := NEXT.search(text)) else None
+        if answer_when and answer_when in text:
+            found = re.findall(r"chunk_id: (\S+) \|[^\n]*\n[^\n]*" + re.escape(answer_when), text)
+            return reply("send_message", {"message": "42 Nm", "citations": found})
+        if ALERT_PREFIX in text:
+            return reply("core_memory_append", {"name": "notes", "content": f"paging; next page {state['next']}"})
+        if state["next"] is None:
+            return reply("send_message", {"message": "done"})
+        return reply(function, {"query": query, "page": state["next"]})
+
+    return step
+
+
+def run_pager(window: int, tool_mode: str, function: str, query: str, hits: list[Hit], *,
+              session: str | None = None, store=None, answer_when: str | None = None, max_steps: int = 100):
+    reply = json_reply if tool_mode == "json" else tool_reply
+    seen: list[str] = []
+    script = pager(function, query, reply, seen, answer_when=answer_when)
+    client = ScriptedChatClient([script] * (max_steps + 1), intercept=summaries("SUMMARY: paging the manual"))
+    settings = Settings(context_window=window, tool_mode=tool_mode, max_steps=max_steps,
+                        response_format="json_object", **({"store": store} if store else {}))
+    result = answer(QUESTION, retriever=FakeRetriever(hits), client=client, settings=settings, session=session)
+    return result, client, seen
+
+
+# -- every hit reachable
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("tool_mode", ["json", "tools"])
+def test_paging_through_every_page_shows_each_of_40_long_hits_once(window, tool_mode):
+    hits = long_hits()
+    result, client, seen = run_pager(window, tool_mode, SEARCH, "pump manual section", hits)
+    assert result.status == "ok", result.error
+    assert seen == [h.chunk_id for h in hits]  # every ranked hit exactly once, in rank order
+    agent = [r for r in client.requests if not is_summary_request(r)]
+    results = [last_content(r) for r in agent[1:]]
+    assert not any("cut to fit the context window" in text for text in results)  # pages fit the room
+    sizes = {int(m.group(1)) for text in results for m in [re.search(r", (\d+) a page\)", text)] if m}
+    assert len(sizes) == 1  # one page size for the whole question
+    assert_within_window(client, window)
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_conversation_search_pages_through_40_long_messages_once_each(window, tmp_path):
+    from pipeline.agent.recall import Recall
+    from pipeline.agent.session import Session
+
+    session = Session.for_store(tmp_path / "archive", "long")
+    recall = Recall(session.recall_path)
+    for n in range(40):
+        recall.add({"role": "user", "content": f"MSG-{n:02d} remembered detail. " + "words of an old message " * 70})
+    result, client, seen = run_pager(window, "json", "conversation_search", "remembered detail", [],
+                                     session="long", store=tmp_path / "archive")
+    assert result.status == "ok", result.error
+    assert sorted(set(seen)) == [f"MSG-{n:02d}" for n in range(40)] and len(seen) == 40
+    assert seen == [f"MSG-{n:02d}" for n in reversed(range(40))]  # best first: equal matches, newest first
+    assert not any("cut to fit the context window" in last_content(r) for r in client.requests)
+    assert_within_window(client, window)
+
+
+class ShiftingRetriever(FakeRetriever):
+    """Ranks like RRF over truncated lists: the order past the first page depends on how many were asked for."""
+
+    def search(self, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult:
+        result = super().search(query, mode=mode, top_k=10_000, page=0)
+        ranked = list(result.hits)
+        if top_k < len(ranked):
+            ranked[1:] = ranked[1:][::-1] if top_k % 2 else ranked[1:]
+        return SearchResult(query, ranked[page * top_k:(page + 1) * top_k], result.total, page, top_k)
+
+
+def test_page_n_means_the_same_hits_every_time_in_a_question():
+    hits = long_hits(30)
+    asked = [2, 0, 1, 2, 4]  # out of order, and page 2 twice (the repeat is answered with page 3, unseen)
+    replies = [json_reply(SEARCH, {"query": "pump manual section", "page": p}) for p in asked]
+    client = ScriptedChatClient(replies + [json_reply("send_message", {"message": "done"})],
+                                intercept=summaries())
+    result = answer(QUESTION, retriever=ShiftingRetriever(hits), client=client,
+                    settings=Settings(context_window=8192, tool_mode="json", response_format="json_object"))
+    assert result.status == "ok"
+    agent = [r for r in client.requests if not is_summary_request(r)]
+    pages = {}
+    for request in agent[1:]:
+        text = last_content(request)
+        page = int(re.search(r"\(page=(\d+) of", text).group(1))
+        pages.setdefault(page, []).append(CHUNK.findall(text))
+    per_page = int(re.search(r", (\d+) a page\)", last_content(agent[1])).group(1))
+    assert sorted(pages) == [0, 1, 2, 3, 4]
+    for page, shown in pages.items():
+        assert all(ids == [h.chunk_id for h in hits[page * per_page:(page + 1) * per_page]] for ids in shown)
+    assert "You already saw page=2 of this search" in last_content(agent[4])
+
+
+# -- a lighter fixed context
+
+@pytest.mark.parametrize("tool_mode,response_format", [("tools", "json_schema"), ("json", "json_object"),
+                                                       ("json", "json_schema")])
+def test_fixed_context_is_at_most_40_percent_at_4096_and_25_percent_at_8192(tool_mode, response_format):
+    for window, share in ((4096, 0.40), (8192, 0.25)):
+        budget = context_budget(Settings(context_window=window, tool_mode=tool_mode, response_format=response_format))
+        fixed = window - budget["queue"]
+        assert fixed == sum(v for k, v in budget.items() if k != "queue")
+        assert fixed <= share * window, (window, budget)
+
+
+@pytest.mark.parametrize("tool_mode", ["json", "tools"])
+def test_the_agent_runs_at_2048(tool_mode):
+    reply = json_reply if tool_mode == "json" else tool_reply
+    hits = long_hits(8, answer_at=2)
+    client = ScriptedChatClient([reply(SEARCH, {"query": "impeller nut torque"}),
+                                 reply("send_message", {"message": "42 Nm", "citations": ["r02"]})],
+                                intercept=summaries())
+    result = answer(QUESTION, retriever=FakeRetriever(hits), client=client,
+                    settings=Settings(context_window=2048, tool_mode=tool_mode, response_format="json_object"))
+    assert result.status == "ok" and [c.chunk_id for c in result.citations] == ["r02"]
+    assert_within_window(client, 2048)
+
+
+# -- deep answers under pressure
+
+@pytest.mark.parametrize("answer_at", [12, 31])
+def test_an_answer_ranked_deep_is_found_at_3000_across_evictions(answer_at):
+    hits = long_hits(40, answer_at=answer_at)
+    result, client, seen = run_pager(3000, "json", SEARCH, "pump manual section", hits,
+                                     answer_when="torque of 42 Nm")
+    assert result.status == "ok", result.error
+    assert result.answer == "42 Nm" and [c.chunk_id for c in result.citations] == [f"r{answer_at:02d}"]
+    assert seen == [h.chunk_id for h in hits[:len(seen)]] and f"r{answer_at:02d}" in seen
+    summaries_made = [i for i, r in enumerate(client.requests) if is_summary_request(r)]
+    assert summaries_made, "no eviction happened"
+    after = [r for r in client.requests[summaries_made[0]:] if not is_summary_request(r)]
+    assert after and all(f"<task chars=\"{len(QUESTION)}/" in r["messages"][0]["content"]
+                         and QUESTION in r["messages"][0]["content"] for r in after)  # the task survived
+    assert any(QUESTION not in json.dumps(r["messages"][1:]) for r in after)  # ... the question left the queue
+    assert_within_window(client, 3000)
+
+
+# -- small models kept on track
+
+def test_a_repeated_identical_search_returns_the_next_page_then_a_hint():
+    hits = long_hits(6)
+    same = {"query": "Pump  manual section"}
+    client = ScriptedChatClient([json_reply(SEARCH, same)] * 4 + [json_reply("send_message", {"message": "none"})],
+                                intercept=summaries())
+    result = answer(QUESTION, retriever=FakeRetriever(hits), client=client,
+                    settings=Settings(context_window=8192, tool_mode="json", response_format="json_object"))
+    agent = [last_content(r) for r in client.requests if not is_summary_request(r)]
+    per_page = int(re.search(r", (\d+) a page\)", agent[1]).group(1))
+    pages = -(-6 // per_page)
+    assert pages >= 2
+    second = agent[2]
+    assert second.count("status: OK") == 1 and "You already saw page=0 of this search; here is page=1" in second
+    assert CHUNK.findall(second) == [h.chunk_id for h in hits[per_page:2 * per_page]]
+    hint = agent[pages + 1]  # once every page was shown: a hint, not a bare refusal
+    assert "status: Failed" in hint and f"already seen every page of {same['query']!r}" in hint
+    assert "words of the question not searched yet: torque, Hydra-7, impeller" in hint
+    assert result.status == "ok"
+
+
+def test_a_chunk_id_anywhere_in_a_citation_string_is_kept_and_still_validated():
+    hits = long_hits(6, answer_at=2)
+    header = "chunk_id: r02 | source: doc.txt | page: 2 | heading: Torque"
+    cited = [header, "see [r03] and r04", "chunk_id: r99 | source: doc.txt", "xr05y", "r06"]
+    client = ScriptedChatClient([json_reply(SEARCH, {"query": "pump manual section impeller torque"}),
+                                 json_reply("send_message", {"message": "42 Nm", "citations": cited})],
+                                intercept=summaries())
+    result = answer(QUESTION, retriever=FakeRetriever(hits[:5]), client=client,
+                    settings=Settings(context_window=8192, tool_mode="json", response_format="json_object"))
+    assert [c.chunk_id for c in result.citations] == ["r02", "r03", "r04"]  # r06 was never retrieved
+    check = next(s for s in result.steps if s.function == "(citation check)")
+    assert check.arguments == {"dropped": ["chunk_id: r99 | source: doc.txt", "xr05y", "r06"]}
+
+
+def test_the_pressure_alert_restates_the_task_and_is_never_delivered_as_the_answer():
+    hits = long_hits(20, answer_at=3)
+    echo = "The system alert indicates that the context window is 70% full."
+
+    def model(request: dict[str, Any]) -> ChatReply:
+        text = last_content(request)
+        if ALERT_PREFIX in text and not model.echoed:
+            model.echoed = True
+            return json_reply("send_message", {"message": echo})
+        if "memory alert" in text and not model.noted:
+            model.noted = True
+            return json_reply("core_memory_append", {"name": "notes", "content": text[text.index(ALERT_PREFIX):]
+                                                     if ALERT_PREFIX in text else echo})
+        if "memory alert" in text and not model.plain:
+            model.plain = True
+            return text_reply(echo)
+        if model.plain:
+            return json_reply("send_message", {"message": "42 Nm", "citations": ["r03"]})
+        return json_reply(SEARCH, {"query": "pump manual section", "page": model.page()})
+
+    model.echoed = model.noted = model.plain = False
+    pages = iter(range(100))
+    model.page = lambda: next(pages)
+    client = ScriptedChatClient([model] * 40, intercept=summaries())
+    result = answer(QUESTION, retriever=FakeRetriever(hits), client=client,
+                    settings=Settings(context_window=3000, tool_mode="json", response_format="json_object",
+                                      max_steps=30))
+    assert result.status == "ok" and result.answer == "42 Nm"
+    agent = [r for r in client.requests if not is_summary_request(r)]
+    alerts = [m["content"] for r in agent for m in r["messages"]
+              if m["role"] == "user" and ALERT_PREFIX in str(m.get("content"))]
+    assert alerts and all(f"Continue the task: {QUESTION}" in a for a in alerts)
+    fed = [s.result for s in result.steps]
+    assert any(s.startswith("Failed: that message repeats the memory alert") for s in fed)  # send_message refused
+    assert any(s.startswith("Failed: that is the memory alert, not a finding") for s in fed)  # notes refused
+    assert any(s.startswith("Failed: that repeats the memory alert") for s in fed)  # a plain reply refused
+    assert not echoes_alert(result.answer)
+    final_system = agent[-1]["messages"][0]["content"]
+    assert "context window is" not in final_system  # nothing of the alert reached working memory
