@@ -81,6 +81,16 @@ def test_rerun_skips_unchanged_edit_reembeds_only_changed_and_removal_deletes(co
     assert "menu.html" not in Archive.open(settings.store).document_rows()
 
 
+def test_a_heading_change_reembeds_the_chunks_under_it(corpus, settings, embedder):
+    ingest_directory(corpus, settings, progress=False, embedder=embedder)
+    llamas = corpus / "notes" / "llamas.md"
+    llamas.write_text(llamas.read_text().replace("## Alpacas", "## Fleece animals"))
+    edited = ingest_directory(corpus, settings, progress=False, embedder=embedder)
+    assert (edited.changed, edited.chunks, edited.embedded) == (1, 2, 1)  # same text, new heading: new vector
+    top = Archive.open(settings.store, embedder=embedder).search("fleece animals", mode="fts", top_k=1).hits[0]
+    assert top.heading == "Camelids > Fleece animals" and top.text.startswith("Alpacas are bred")
+
+
 def test_bad_files_are_reported_recorded_and_the_rest_lands(corpus, settings, embedder):
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.7\n garbage")
     write_pdf(corpus / "locked.pdf", ["secret"], password="pw")

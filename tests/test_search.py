@@ -112,3 +112,11 @@ def test_help_is_light():
             "heavy = [m for m in ('torch', 'lancedb', 'sentence_transformers') if m in sys.modules];"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("title, source", [("Mission log", "orbit.txt"), ("Camelids", "notes/llamas.md"),
+                                           ("Cafe menu", "menu.html"), ("Desserts", "menu.html")])
+def test_titles_are_searchable_in_every_mode(tiny_archive, title, source):
+    for mode in ("fts", "hybrid"):
+        top = tiny_archive.search(title, mode=mode, top_k=1).hits[0]
+        assert top.source == source and title in top.heading and title not in top.text  # text stays for display

@@ -6,6 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.archive.schema import SEARCH_COLUMN
 from pipeline.types import Hit, SearchResult
 
 MODES = ("hybrid", "vector", "fts")
@@ -17,7 +18,8 @@ COLUMNS = ["chunk_id", "source", "page", "page_end", "heading", "text"]
 def search_chunks(chunks, embedder, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult:
     """Rank chunks for `query` and return page `page` (0-based) of `top_k` hits, with the total of matches.
 
-    vector: cosine similarity; a chunk counts as a match from MIN_SIMILARITY. fts: BM25 over the text.
+    vector: cosine similarity; a chunk counts as a match from MIN_SIMILARITY. fts: BM25 over the search text
+    (heading path and text).
     hybrid: both lists fused by reciprocal rank (LanceDB's RRF reranker); total is their union.
     """
     if mode not in MODES:
@@ -53,7 +55,7 @@ def _vector(chunks, embedder, query: str, limit: int) -> pa.Table:
 def _fts(chunks, query: str, limit: int) -> pa.Table:
     from lancedb.query import MatchQuery
 
-    return (chunks.search(MatchQuery(query, "text"), query_type="fts").select([*COLUMNS, "_score"])
+    return (chunks.search(MatchQuery(query, SEARCH_COLUMN), query_type="fts").select([*COLUMNS, "_score"])
             .limit(limit).with_row_id(True).to_arrow())
 
 

@@ -1,69 +1,19 @@
-"""Archival memory on disk: LanceDB tables `chunks` and `documents` and the settings that built them."""
+"""Archival memory on disk: the LanceDB store's lifecycle (create, open, pin, write, indexes)."""
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lancedb
 import pyarrow as pa
 
+from pipeline.archive.schema import (CHUNKS, DOCUMENT_SCHEMA, DOCUMENTS, SEARCH_COLUMN, StoreError, StoreMeta,
+                                     check_format, chunk_schema, read_meta, write_meta)
 from pipeline.archive.search import search_chunks
 from pipeline.types import SearchResult
 
-CHUNKS = "chunks"
-DOCUMENTS = "documents"
-META_FILE = "pagefault.json"
 VECTOR_INDEX_MIN_ROWS = 50_000  # below this a flat scan is faster than an IVF index pays back
-
-
-class StoreError(Exception):
-    """A store that is missing, or was built with settings other than the ones asked for."""
-
-
-@dataclass(frozen=True)
-class StoreMeta:
-    """What built the store: a later ingest with other settings must not mix vectors."""
-
-    embedder: str
-    dim: int
-    chunk_tokens: int
-    chunk_overlap: int
-
-    def mismatch(self, other: "StoreMeta") -> list[str]:
-        return [f"{k}: store has {getattr(self, k)!r}, asked for {getattr(other, k)!r}"
-                for k in ("embedder", "dim", "chunk_tokens", "chunk_overlap") if getattr(self, k) != getattr(other, k)]
-
-
-def chunk_schema(dim: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("chunk_id", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("page", pa.int32()),
-        pa.field("page_end", pa.int32()),
-        pa.field("heading", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("content_hash", pa.string()),
-        pa.field("ordinal", pa.int32()),
-        pa.field("vector", pa.list_(pa.float32(), dim)),
-    ])
-
-
-DOCUMENT_SCHEMA = pa.schema([
-    pa.field("path", pa.string()),
-    pa.field("sha256", pa.string()),
-    pa.field("size", pa.int64()),
-    pa.field("mtime_ns", pa.int64()),
-    pa.field("pages", pa.int32()),
-    pa.field("chunks", pa.int32()),
-    pa.field("status", pa.string()),  # "ok" or "failed"
-    pa.field("error", pa.string()),
-    pa.field("ingested_at", pa.string()),
-])
 
 
 def sql_str(value: str) -> str:
@@ -94,6 +44,7 @@ class Archive:
         meta = read_meta(path)
         if meta is None:
             raise StoreError(f"no archive at {path}: run `analyze ingest DIR` first (or pass --store)")
+        check_format(path, meta)
         archive = cls(path, lancedb.connect(str(path)), meta, embedder=embedder)
         if version is not None:
             archive.pin(version)
@@ -101,13 +52,14 @@ class Archive:
 
     @classmethod
     def create(cls, path: Path | str, meta: StoreMeta, *, embedder=None, rebuild: bool = False) -> "Archive":
-        """Open a store for ingest, creating it if needed. Different settings are an error unless `rebuild`."""
+        """Open a store for ingest, creating it if needed. Other settings or another store format are an error
+        unless `rebuild`, which drops what is there: old and new chunks never mix."""
         path = Path(path)
         existing = read_meta(path)
-        if existing is not None and existing != meta:
-            if not rebuild:
-                raise StoreError("the store at {} was built with other settings ({}); rerun with --rebuild to "
-                                 "re-embed everything".format(path, "; ".join(existing.mismatch(meta))))
+        if existing is not None and existing != meta and not rebuild:
+            check_format(path, existing)
+            raise StoreError("the store at {} was built with other settings ({}); rerun with --rebuild to "
+                             "re-embed everything".format(path, "; ".join(existing.mismatch(meta))))
         path.mkdir(parents=True, exist_ok=True)
         db = lancedb.connect(str(path))
         names = set(db.list_tables().tables)
@@ -156,6 +108,8 @@ class Archive:
         if replace_sources:
             self.chunks.delete(f"source IN ({', '.join(map(sql_str, replace_sources))})")
         if chunk_rows is not None and chunk_rows.num_rows:
+            if chunk_rows.column(SEARCH_COLUMN).null_count:
+                raise ValueError(f"chunk rows without {SEARCH_COLUMN}: it is what search embeds and indexes")
             self.chunks.add(chunk_rows)
         if documents:
             table = pa.Table.from_pylist(documents, schema=DOCUMENT_SCHEMA)
@@ -174,8 +128,8 @@ class Archive:
 
         names = {index.name: index for index in self.chunks.list_indices()}
         rows = self.count()
-        if not any("text" in index.columns for index in names.values()):
-            self.chunks.create_index("text", config=FTS(with_position=True), replace=True)
+        if not any(SEARCH_COLUMN in index.columns for index in names.values()):
+            self.chunks.create_index(SEARCH_COLUMN, config=FTS(with_position=True), replace=True)
         if not any("source" in index.columns for index in names.values()):
             self.chunks.create_index("source", config=BTree(), replace=True)
         has_vector_index = any("vector" in index.columns for index in names.values())
@@ -190,17 +144,3 @@ class Archive:
     def search(self, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult:
         """Page `page` (0-based) of `top_k` hits for `query`, with the total of matches (see `search_chunks`)."""
         return search_chunks(self.chunks, self.embedder, query, mode=mode, top_k=top_k, page=page)
-
-
-def read_meta(path: Path) -> StoreMeta | None:
-    try:
-        data = json.loads((Path(path) / META_FILE).read_text())
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return StoreMeta(**{key: data[key] for key in StoreMeta.__dataclass_fields__})
-
-
-def write_meta(path: Path, meta: StoreMeta) -> None:
-    tmp = Path(path) / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta.__dict__ | {"written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
-    os.replace(tmp, Path(path) / META_FILE)

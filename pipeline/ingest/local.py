@@ -59,7 +59,7 @@ class _Batch:
 
     pairs: list[tuple[Todo, Chunk]]
     vectors: list[Any]  # a stored vector reused by content hash, or None where the model supplies one
-    texts: list[str]  # what the model embeds: the texts of the chunks without a vector
+    texts: list[str]  # what the model embeds: the search texts of the chunks without a vector
     future: "Future[Any] | None"
     documents: list[dict[str, Any]]
 
@@ -161,7 +161,7 @@ class _Stream:
     def _submit(self, pairs: list[tuple[Todo, Chunk]], *, documents: bool) -> None:
         """Send the chunks without a reusable vector to the model; `documents`: the finished rows go along."""
         vectors = [self.reuse.get(chunk.content_hash) for _, chunk in pairs]
-        texts = [chunk.text for (_, chunk), vector in zip(pairs, vectors) if vector is None]
+        texts = [chunk.search_text for (_, chunk), vector in zip(pairs, vectors) if vector is None]
         started = time.perf_counter()
         try:
             future = self.encoder.submit(texts) if texts else None

@@ -9,6 +9,9 @@ from functools import cache
 from pathlib import Path
 
 
+HEADING_SEPARATOR = " > "  # between the titles of a heading path: `Guide > Setup`
+
+
 class ParseError(Exception):
     """A file that cannot be ingested; the message is the one-line reason shown to the user."""
 
@@ -100,7 +103,7 @@ def _outline_headings(reader) -> dict[int, str]:
             except Exception:
                 continue
             last = (*trail, str(item.title).strip())
-            found.setdefault(number, " > ".join(t for t in last if t))
+            found.setdefault(number, HEADING_SEPARATOR.join(t for t in last if t))
 
     try:
         walk(reader.outline, ())
@@ -184,7 +187,7 @@ def _sections(elements) -> list[Section]:
 
     def flush() -> None:
         if body:
-            sections.append(Section("\n\n".join(body), page, " > ".join(t for _, t in trail)))
+            sections.append(Section("\n\n".join(body), page, HEADING_SEPARATOR.join(t for _, t in trail)))
             body.clear()
 
     untold: tuple[int, str] | None = None  # the last title, while no body has followed it yet

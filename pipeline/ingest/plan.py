@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.archive.store import Archive, StoreMeta, read_meta
+from pipeline.archive.schema import SEARCH_COLUMN, StoreMeta, read_meta
+from pipeline.archive.store import Archive
 from pipeline.config import Settings
 from pipeline.ingest.chunk import Chunk
 from pipeline.ingest.discover import discover, sha256_file
@@ -33,7 +34,7 @@ class IngestReport:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
     pages: int = 0
     chunks: int = 0  # chunks written in this run
-    embedded: int = 0  # of which freshly embedded (the rest reused a stored vector of the same text)
+    embedded: int = 0  # of which freshly embedded (the rest reused a stored vector of the same search text)
     seconds: float = 0.0
     embed_seconds: float = 0.0  # time spent embedding here, or waiting for the embedding workers
 
@@ -182,5 +183,5 @@ def chunk_row(rel: str, chunk: Chunk, vector: Any) -> dict[str, Any]:
     digest = chunk.content_hash
     chunk_id = hashlib.sha256(f"{rel}\0{chunk.ordinal}\0{digest}".encode()).hexdigest()[:20]
     return {"chunk_id": chunk_id, "source": rel, "page": chunk.page, "page_end": chunk.page,
-            "heading": chunk.heading, "text": chunk.text, "content_hash": digest, "ordinal": chunk.ordinal,
-            "vector": vector}
+            "heading": chunk.heading, "text": chunk.text, SEARCH_COLUMN: chunk.search_text, "content_hash": digest,
+            "ordinal": chunk.ordinal, "vector": vector}

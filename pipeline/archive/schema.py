@@ -1,0 +1,94 @@
+"""What a store holds: the table schemas, the searchable column, and the store format version in `pagefault.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+CHUNKS = "chunks"
+DOCUMENTS = "documents"
+META_FILE = "pagefault.json"
+# Version 2: chunks carry `search_text` (heading path + text), which is what is embedded and full-text indexed.
+# A store without `format_version` in its meta file was written by the previous release: version 1.
+FORMAT_VERSION = 2
+SEARCH_COLUMN = "search_text"  # the chunk column that is embedded and BM25-indexed; `text` is for display
+
+
+class StoreError(Exception):
+    """A store that is missing, of another format, or built with settings other than the ones asked for."""
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """What built the store: a later ingest with other settings must not mix vectors."""
+
+    embedder: str
+    dim: int
+    chunk_tokens: int
+    chunk_overlap: int
+    format_version: int = FORMAT_VERSION
+
+    _SETTINGS = ("embedder", "dim", "chunk_tokens", "chunk_overlap")
+
+    def mismatch(self, other: "StoreMeta") -> list[str]:
+        return [f"{k}: store has {getattr(self, k)!r}, asked for {getattr(other, k)!r}"
+                for k in self._SETTINGS if getattr(self, k) != getattr(other, k)]
+
+
+def chunk_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field("chunk_id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("page", pa.int32()),
+        pa.field("page_end", pa.int32()),
+        pa.field("heading", pa.string()),
+        pa.field("text", pa.string()),  # what a hit shows
+        pa.field(SEARCH_COLUMN, pa.string()),  # what is embedded and indexed: the heading path, then the text
+        pa.field("content_hash", pa.string()),  # of the search text: equal hashes share a vector on re-ingest
+        pa.field("ordinal", pa.int32()),
+        pa.field("vector", pa.list_(pa.float32(), dim)),
+    ])
+
+
+DOCUMENT_SCHEMA = pa.schema([
+    pa.field("path", pa.string()),
+    pa.field("sha256", pa.string()),
+    pa.field("size", pa.int64()),
+    pa.field("mtime_ns", pa.int64()),
+    pa.field("pages", pa.int32()),
+    pa.field("chunks", pa.int32()),
+    pa.field("status", pa.string()),  # "ok" or "failed"
+    pa.field("error", pa.string()),
+    pa.field("ingested_at", pa.string()),
+])
+
+
+def read_meta(path: Path | str) -> StoreMeta | None:
+    """The store's meta file, or None when there is no store at `path`. Version 1 stores read as version 1."""
+    try:
+        data = json.loads((Path(path) / META_FILE).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    fields = {key: data[key] for key in StoreMeta._SETTINGS}
+    return StoreMeta(**fields, format_version=int(data.get("format_version", 1)))
+
+
+def check_format(path: Path | str, meta: StoreMeta) -> None:
+    """Raise StoreError with the one line a user needs when the store at `path` is not of FORMAT_VERSION."""
+    if meta.format_version == FORMAT_VERSION:
+        return
+    older = meta.format_version < FORMAT_VERSION
+    raise StoreError(f"the store at {path} was built by {'an older' if older else 'a newer'} pagefault (store format "
+                     f"{meta.format_version}, this version reads format {FORMAT_VERSION}); "
+                     + ("" if older else "upgrade pagefault, or ") + "rebuild it with `analyze ingest DIR --rebuild`")
+
+
+def write_meta(path: Path | str, meta: StoreMeta) -> None:
+    tmp = Path(path) / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(asdict(meta) | {"written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    os.replace(tmp, Path(path) / META_FILE)
