@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterable
 from pipeline.types import Answer
 
 AnswerFn = Callable[[str], Answer]
-RECORD_FIELDS = ("id", "question", "answer", "citations", "status", "error", "steps", "usage",
-                 "latency_s", "model", "store_version")
+RECORD_FIELDS = ("id", "question", "answer", "citations", "status", "error", "grounded", "unsupported", "withheld",
+                 "steps", "usage", "latency_s", "model", "store_version")
 
 
 class BatchInputError(ValueError):
@@ -185,7 +185,8 @@ def make_record(question: Question, answer: Answer, latency_s: float, meta: dict
     """One output line: the answer's fields, timing, run metadata (model, store_version) and the gold fields."""
     d = answer.to_dict()
     record = {"id": question.id, "question": question.question, "answer": d["answer"],
-              "citations": d["citations"], "status": d["status"], "error": d["error"], "steps": d["steps"],
+              "citations": d["citations"], "status": d["status"], "error": d["error"], "grounded": d["grounded"],
+              "unsupported": d["unsupported"], "withheld": d["withheld"], "steps": d["steps"],
               "usage": d["usage"], "latency_s": round(latency_s, 3), **meta}
     if question.gold:
         record["gold"] = question.gold
@@ -425,6 +426,8 @@ def summarize(records: list[dict[str, Any]], *, questions: int, bad_lines: int =
         "latency_s": {"p50": rounded(percentile(latencies, 50)), "p95": rounded(percentile(latencies, 95)),
                       "mean": rounded(sum(latencies) / len(latencies)) if latencies else None},
         "steps_mean": round(sum(len(r.get("steps") or []) for r in records) / len(records), 2) if records else None,
+        "grounded": sum(r.get("grounded") is True for r in ok), "ungrounded": sum(r.get("grounded") is False for r in ok),
+        "withheld": sum(r.get("withheld") is not None for r in ok),
         "models": sorted({str(r["model"]) for r in records if r.get("model") is not None}),
         "store_versions": sorted({r["store_version"] for r in records if r.get("store_version") is not None}),
     }
@@ -438,6 +441,10 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
     lines = [f"{out}: {summary['ok']} ok, {summary['errors']} errors, {summary['remaining']} remaining "
              f"({summary['records']} records for {summary['questions']} questions)",
              f"tokens {tok['prompt']} prompt + {tok['completion']} completion; latency p50 {p50}, p95 {p95}"]
+    if summary["ungrounded"]:
+        withheld = f", {summary['withheld']} withheld by --strict" if summary["withheld"] else ""
+        lines.append(f"grounding: {summary['ungrounded']} of {summary['grounded'] + summary['ungrounded']} answers "
+                     f"have claims found in no retrieved chunk{withheld}")
     if summary["error_kinds"]:
         lines.append("errors: " + ", ".join(f"{k} x{n}" for k, n in sorted(summary["error_kinds"].items())))
     lines.append(f"summary: {summary_path(out)}")

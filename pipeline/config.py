@@ -34,6 +34,7 @@ class Settings:
     max_steps: int = 12
     top_k: int = 5  # search hits per page shown to the agent
     response_format: str = "json_schema"  # json mode's constraint: "json_schema" (OpenAI) or "json_object" (llama.cpp)
+    strict: bool = False  # replace an answer whose claims are not in the retrieved text with an abstention
     request_timeout: float = 120.0
     max_retries: int = 5
 
@@ -49,6 +50,7 @@ class Settings:
             "model": _env("ANALYZE_MODEL", cls.model),
             "context_window": int(_env("ANALYZE_CONTEXT_WINDOW", str(cls.context_window))),
             "tool_mode": _env("ANALYZE_TOOL_MODE", cls.tool_mode),
+            "strict": (_env("ANALYZE_STRICT", "0") or "0").lower() in ("1", "true", "yes", "on"),
         }
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

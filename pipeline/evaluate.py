@@ -9,6 +9,10 @@ Metrics, per record:
 - citation page recall: the share of gold `pages` that the answer's citations name.
 A record is *correct* when it is ok and either matches a gold answer (subspan) or, if unanswerable,
 abstains. Error records count as wrong; records with no gold are not graded.
+
+Grounding (from the records' `grounded` flag, set by the agent's check): the grounded share of answers,
+accuracy of grounded and of ungrounded answers, the grounded share of correct answers, and abstention
+precision (declined answers that were on unanswerable questions) and recall (unanswerable questions declined).
 """
 
 from __future__ import annotations
@@ -20,18 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from pipeline.agent.grounding import is_abstention
+
+__all__ = ["aggregate", "best_subspan_em", "evaluate", "exact_match", "format_table", "is_abstention",
+           "normalize_answer", "page_recall", "score_record", "write_report"]
+
 NO_CATEGORY = "(none)"
 _PUNCT = set(string.punctuation + "‘’´`")
-_ABSTAIN = re.compile("|".join([
-    r"\b(?:do|does|did|can|could|was|am|is|are)\s*(?:not|n't)\s+(?:find|locate|determine|answer|know|"
-    r"say|tell|contain|mention|state|include|specify|provide|appear|exist)",
-    r"\b(?:cannot|unable to|not able to)\s+(?:find|locate|determine|answer|know|say|tell)",
-    r"\bnot\s+(?:mentioned|stated|specified|found|covered|provided|available|given|present|included|addressed)\b",
-    r"\b(?:no|not enough|insufficient)\s+(?:information|mention|evidence|data|record|details|answer)\b",
-    r"\bunanswerable\b",
-]), re.IGNORECASE)
-
-
 def normalize_answer(text: str) -> str:
     """Lower-case; punctuation and underscores to spaces; drop articles; collapse whitespace (Lost in the Middle)."""
     text = text.replace("_", " ").lower()
@@ -54,11 +53,6 @@ def best_subspan_em(prediction: str, answers: Iterable[str]) -> bool:
     """Some normalized gold answer is a substring of the normalized prediction (empty golds never match)."""
     pred = normalize_answer(prediction)
     return any(g in pred for g in _golds(answers))
-
-
-def is_abstention(answer: str) -> bool:
-    """The answer declines: says the archive does not hold it, that it cannot be found, and the like."""
-    return bool(_ABSTAIN.search(answer or ""))
 
 
 def page_recall(citations: list[dict[str, Any]], gold_pages: list[Any]) -> float | None:
@@ -90,6 +84,7 @@ class RecordScore:
     correct: bool
     page_recall: float | None
     steps: int
+    grounded: bool | None  # None: the record has no grounding verdict (an error, or an older record)
 
 
 def score_record(record: dict[str, Any]) -> RecordScore:
@@ -107,7 +102,7 @@ def score_record(record: dict[str, Any]) -> RecordScore:
         graded=unanswerable or bool(answers), unanswerable=unanswerable, error=not ok, exact=exact,
         subspan=subspan, abstained=abstained, correct=abstained if unanswerable else subspan,
         page_recall=page_recall(record.get("citations") or [], gold.get("pages") or []),
-        steps=len(record.get("steps") or []))
+        steps=len(record.get("steps") or []), grounded=record.get("grounded") if ok else None)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -120,6 +115,7 @@ def aggregate(scores: list[RecordScore]) -> dict[str, Any]:
     answerable = [s for s in graded if not s.unanswerable]
     unanswerable = [s for s in graded if s.unanswerable]
     recalls = [s.page_recall for s in scores if s.page_recall is not None]
+    judged = [s for s in graded if s.grounded is not None]
     return {
         "n": len(scores), "graded": len(graded), "errors": sum(s.error for s in scores),
         "accuracy": _mean([float(s.correct) for s in graded]),
@@ -129,6 +125,12 @@ def aggregate(scores: list[RecordScore]) -> dict[str, Any]:
         "false_abstention": _mean([float(s.abstained) for s in answerable]),
         "page_recall": _mean(recalls),
         "steps_mean": _mean([float(s.steps) for s in scores]),
+        "grounded": _mean([float(bool(s.grounded)) for s in scores if s.grounded is not None]),
+        "accuracy_grounded": _mean([float(s.correct) for s in judged if s.grounded]),
+        "accuracy_ungrounded": _mean([float(s.correct) for s in judged if not s.grounded]),
+        "grounded_correct": _mean([float(bool(s.grounded)) for s in judged if s.correct and not s.unanswerable]),
+        "abstention_precision": _mean([float(s.unanswerable) for s in graded if s.abstained]),
+        "abstention_recall": _mean([float(s.abstained) for s in unanswerable]),
     }
 
 
@@ -141,8 +143,12 @@ def evaluate(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 COLUMNS = [("n", "n"), ("accuracy", "accuracy"), ("exact_match", "EM"), ("best_subspan_em", "subspan EM"),
-           ("abstention", "abstention"), ("page_recall", "page recall"), ("steps_mean", "steps"),
-           ("errors", "errors")]
+           ("abstention", "abstention"), ("abstention_precision", "abst. precision"), ("page_recall", "page recall"),
+           ("grounded", "grounded"), ("accuracy_grounded", "acc. grounded"),
+           ("accuracy_ungrounded", "acc. ungrounded"), ("steps_mean", "steps"), ("errors", "errors")]
+GROUNDING_BARS = [("grounded", "grounded\nshare"), ("accuracy_grounded", "accuracy\ngrounded"),
+                  ("accuracy_ungrounded", "accuracy\nungrounded"), ("grounded_correct", "grounded share\nof correct"),
+                  ("abstention_precision", "abstention\nprecision"), ("abstention_recall", "abstention\nrecall")]
 
 
 def _cell(value: Any) -> str:
@@ -185,13 +191,19 @@ def write_report(report: dict[str, Any], out: Path, *, title: str | None = None)
           "abstention on unanswerable ones); error records count as wrong.",
           "- EM: normalized exact match; subspan EM: a normalized gold answer occurs in the normalized answer "
           "(Liu et al., \"Lost in the Middle\").",
-          "- abstention: unanswerable questions where the answer declined; page recall: gold pages cited.",
-          "- steps: mean agent function calls per question.", "", f"![accuracy by category]({png_path.name})", ""]
+          "- abstention: unanswerable questions where the answer declined (its recall); abst. precision: declined "
+          "answers that were on unanswerable questions; page recall: gold pages cited.",
+          "- grounded: answers whose every number, date, version, identifier, quotation and name was found in a "
+          "chunk retrieved for it; acc. grounded / acc. ungrounded: accuracy of each group "
+          f"(grounded share of correct answers: {_cell(report['overall']['grounded_correct'])}).",
+          "- steps: mean agent function calls per question.", "",
+          f"![accuracy by category and grounding]({png_path.name})", ""]
     md_path.write_text("\n".join(md), encoding="utf-8")
     return md_path, png_path
 
 
 def _write_chart(report: dict[str, Any], path: Path, title: str) -> None:
+    """Accuracy by category (left) and the grounding figures over all records (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,17 +211,29 @@ def _write_chart(report: dict[str, Any], path: Path, title: str) -> None:
 
     groups = list(report["categories"].items()) + [("overall", report["overall"])]
     names = [name for name, _ in groups]
-    values = [agg["accuracy"] or 0.0 for _, agg in groups]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 1.5), 3.6))
-    bars = ax.bar(names, values, color=["#4c72b0"] * (len(names) - 1) + ["#55a868"])
+    fig, (ax, ground) = plt.subplots(1, 2, figsize=(max(4.0, 1.1 * len(names) + 1.5) + 5.5, 3.8),
+                                     gridspec_kw={"width_ratios": [max(3, len(names)), len(GROUNDING_BARS)]})
+    bars = ax.bar(names, [agg["accuracy"] or 0.0 for _, agg in groups],
+                  color=["#4c72b0"] * (len(names) - 1) + ["#55a868"])
     for bar, (_, agg) in zip(bars, groups):
-        label = "-" if agg["accuracy"] is None else f"{agg['accuracy']:.2f}\nn={agg['graded']}"
-        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                    fontsize=8, xytext=(0, 2), textcoords="offset points")
-    ax.set_ylim(0, 1.15)
+        _label(ax, bar, "-" if agg["accuracy"] is None else f"{agg['accuracy']:.2f}\nn={agg['graded']}")
     ax.set_ylabel("accuracy")
-    ax.set_title(textwrap.fill(f"Accuracy by category: {title}", 60), fontsize=9)
+    ax.set_title(textwrap.fill(f"Accuracy by category: {title}", 50), fontsize=9)
     ax.tick_params(axis="x", labelrotation=30 if len(names) > 5 else 0, labelsize=8)
+    overall = report["overall"]
+    values = [overall[key] for key, _ in GROUNDING_BARS]
+    bars = ground.bar([label for _, label in GROUNDING_BARS], [v or 0.0 for v in values], color="#dd8452")
+    for bar, value in zip(bars, values):
+        _label(ground, bar, "-" if value is None else f"{value:.2f}")
+    ground.set_title("Grounding (all records)", fontsize=9)
+    ground.tick_params(axis="x", labelsize=7)
+    for axis in (ax, ground):
+        axis.set_ylim(0, 1.15)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _label(ax: Any, bar: Any, text: str) -> None:
+    ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                fontsize=8, xytext=(0, 2), textcoords="offset points")

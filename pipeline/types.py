@@ -43,12 +43,18 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class Citation:
+    """A chunk an answer rests on; `inferred` when the model cited nothing and the grounding check found it."""
+
     source: str
     page: int | None
     chunk_id: str
+    inferred: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.inferred:
+            del d["inferred"]  # cited by the model: the plain form
+        return d
 
 
 @dataclass
@@ -67,7 +73,11 @@ class Step:
 
 @dataclass
 class Answer:
-    """The outcome of one question. `status` is "ok" or "error" (then `error` says why)."""
+    """The outcome of one question. `status` is "ok" or "error" (then `error` says why).
+
+    `grounded`: every checkable claim of the answer was found in the chunks retrieved (None: no answer);
+    `unsupported`: the claims that were not; `withheld`: the ungrounded answer that --strict replaced.
+    """
 
     question: str
     answer: str
@@ -76,9 +86,13 @@ class Answer:
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     status: str = "ok"
     error: str | None = None
+    grounded: bool | None = None
+    unsupported: list[str] = field(default_factory=list)
+    withheld: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"question": self.question, "answer": self.answer,
                 "citations": [c.to_dict() for c in self.citations],
                 "steps": [s.to_dict() for s in self.steps], "usage": dict(self.usage),
-                "status": self.status, "error": self.error}
+                "status": self.status, "error": self.error, "grounded": self.grounded,
+                "unsupported": list(self.unsupported), "withheld": self.withheld}

@@ -246,7 +246,7 @@ def test_tools_mode_accepts_a_call_written_as_json_content():
 
 def test_memory_pressure_evicts_with_summary_and_never_exceeds_a_tiny_window():
     window = 4096
-    big_hits = [make_hit(f"k{n:02d}", f"record {n} " + "filler words about pumps and valves " * 40, page=n)
+    big_hits = [make_hit(f"k{n:02d}", f"record {n} reads {40 + n} bar " + "filler words about pumps and valves " * 40, page=n)
                 for n in range(30)]
     steps = [tool_reply("core_memory_append", {"name": "notes", "content": "FINDING: k03 says 43 bar",
                                                "request_heartbeat": True})]
@@ -308,10 +308,12 @@ def test_session_keeps_working_memory_and_conversation(tmp_path):
     assert answer("Pressure in entry 7?", retriever=FakeRetriever(HITS), client=first, settings=settings,
                   session="s1").status == "ok"
     second = ScriptedChatClient([tool_reply("conversation_search", {"query": "entry 7", "request_heartbeat": True}),
+                                 text_reply("It was 47 bar, as before."),  # evidence is what this run retrieved:
+                                 tool_reply(SEARCH, {"query": "entry 7", "request_heartbeat": True}),  # look again
                                  text_reply("It was 47 bar, as before.")])
     result = answer("And what did you say before?", retriever=FakeRetriever(HITS), client=second, settings=settings,
                     session="s1")
-    assert result.status == "ok"
+    assert result.status == "ok" and result.grounded
     messages = second.requests[0]["messages"]
     assert "entry 7 = 47 bar [c07]" in messages[0]["content"] and "And what did you say before?" in messages[0]["content"]
     assert any(m.get("content") == "Pressure in entry 7?" for m in messages)

@@ -57,7 +57,8 @@ def test_json_output_and_trace_on_stderr(clean_env, retriever):
         sent_model = endpoint.requests[0]["model"]
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"question", "answer", "citations", "steps", "usage", "status", "error"}
+    assert set(data) == {"question", "answer", "citations", "steps", "usage", "status", "error", "grounded",
+                         "unsupported", "withheld"}
     assert data["status"] == "ok" and data["citations"][0] == {"source": "manual.pdf", "page": 2, "chunk_id": "m1"}
     assert [s["function"] for s in data["steps"]] == ["archival_memory_search", "send_message"]
     assert "step 1: archival_memory_search(query='Hydra-7 pump')" in result.stderr

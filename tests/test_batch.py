@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.batch import (BatchInputError, Question, RateLimiter, load_output, percentile, read_questions,
-                            run_batch, summary_path)
+from pipeline.batch import (RECORD_FIELDS, BatchInputError, Question, RateLimiter, load_output, percentile,
+                            read_questions, run_batch, summary_path)
 from pipeline.cli import main
 from pipeline.types import Answer, Citation
 
@@ -107,8 +107,7 @@ def test_records_have_every_field_and_the_summary_is_written(tmp_path: Path) -> 
     qs = [Question(id=1, question="q1", gold={"answers": ["x"], "category": "c"}), Question(id=2, question="q2")]
     result = run(qs, out, Recorder(fail={"q2"}))
     records = load_output(out)
-    assert set(records[0]) == {"id", "question", "answer", "citations", "status", "error", "steps", "usage",
-                               "latency_s", "model", "store_version", "gold"}
+    assert set(records[0]) == {*RECORD_FIELDS, "gold"}
     by_id = {r["id"]: r for r in records}
     assert by_id[1]["answer"] == "echo: q1" and by_id[1]["gold"] == {"answers": ["x"], "category": "c"}
     assert by_id[1]["model"] == "fake-model" and by_id[1]["store_version"] == 3

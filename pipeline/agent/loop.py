@@ -17,6 +17,7 @@ from pipeline.agent import citations
 from pipeline.agent.context import Budget, Context, ContextTooSmall, cut_to_tokens, echoes_alert
 from pipeline.agent.core_memory import CoreMemory
 from pipeline.agent.functions import FINAL, Outcome, Retriever, Toolbox, describe_functions, step_format, tool_schemas
+from pipeline.agent.grounding import Grounding, check, look_again_note, strict_abstention
 from pipeline.agent.recall import Recall
 from pipeline.agent.replies import Calls, Empty, Malformed, PlainText, parse_reply
 from pipeline.agent.session import Session
@@ -100,6 +101,7 @@ class _Run:
         self.context.queue_room(*self._request_shape(forced=False))  # fail early on a hopeless window
         self.result = Answer(question=question, answer="")
         self.steps_taken = 0
+        self.looked_again = False  # the grounding check's one more look has been given
 
     # -- driving
 
@@ -151,7 +153,7 @@ class _Run:
             self.log(f"step {self.steps_taken}: malformed reply -> {parsed.reason}")
             return False
         if isinstance(parsed, PlainText):
-            return self._plain_answer(reply)
+            return self._plain_answer(reply, forced=forced)
         self._append_calls(parsed, reply)
         done = False
         for index, call in enumerate(parsed.calls):
@@ -159,6 +161,10 @@ class _Run:
                 self._feed(call, Outcome.failed("not run: send_message already ended the question"), reply, index)
                 continue
             outcome = self.toolbox.call(call.name, call.arguments)
+            if outcome.final and (note := self._look_again(outcome.arguments["message"],
+                                                            outcome.arguments.get("citations") or [], forced)):
+                outcome = Outcome(False, f"status: Failed\nreason: {note}", "held back: unsupported claims",
+                                  outcome.arguments)
             self._feed(call, outcome, reply, index)
             if outcome.final:
                 done = self._deliver(outcome)
@@ -210,11 +216,10 @@ class _Run:
 
     def _deliver(self, outcome: Outcome) -> bool:
         args = outcome.arguments
-        self.result.answer = args["message"]
-        self.result.citations = self._citations(args["message"], args.get("citations") or [])
+        self._finish(args["message"], args.get("citations") or [])
         return True
 
-    def _plain_answer(self, reply: ChatReply) -> bool:
+    def _plain_answer(self, reply: ChatReply, *, forced: bool) -> bool:
         content = (reply.content or "").strip()
         self.context.append({"role": "assistant", "content": content})
         if echoes_alert(content):
@@ -225,10 +230,42 @@ class _Run:
             return False
         self._record(Step("(plain reply)", {}, "answered without send_message",
                           reply.prompt_tokens, reply.completion_tokens))
+        if note := self._look_again(content, [], forced):
+            self.context.append({"role": "user", "content": note})
+            return False
         self.log(f"step {self.steps_taken}: plain-text reply taken as the answer")
-        self.result.answer = content
-        self.result.citations = self._citations(content, [])
+        self._finish(content, [])
         return True
+
+    def _ground(self, message: str, cited: list[str]) -> Grounding:
+        return check(message, list(self.toolbox.retrieved.values()), question=self.question, cited=cited)
+
+    def _look_again(self, message: str, cited: list[str], forced: bool) -> str | None:
+        """The note that holds back an answer with unsupported claims, once, while a step is left; else None."""
+        if self.looked_again or forced or self.steps_taken >= self.settings.max_steps:
+            return None
+        verdict = self._ground(message, cited)
+        if verdict.grounded:
+            return None
+        self.looked_again = True
+        summary = f"held back: {len(verdict.unsupported)} claim(s) in no retrieved chunk; one more look"
+        self._record(Step("(grounding check)", {"answer": message, "unsupported": verdict.unsupported}, summary))
+        self.log(f"  grounding: {', '.join(verdict.unsupported)} in no retrieved chunk: one more look")
+        return look_again_note(verdict.unsupported)
+
+    def _finish(self, message: str, cited: list[str]) -> None:
+        """Record the answer with its grounding; citations inferred when none; --strict declines if ungrounded."""
+        kept = self._citations(message, cited)
+        verdict = self._ground(message, [c.chunk_id for c in kept])
+        if not kept:
+            kept = [Citation(hit.source, hit.page, cid, inferred=True)
+                    for cid in verdict.supporting if (hit := self.toolbox.retrieved[cid])]
+        self.result.grounded, self.result.unsupported = verdict.grounded, verdict.unsupported
+        if not verdict.grounded:
+            self.log(f"  grounding: still unsupported: {', '.join(verdict.unsupported)}")
+            if self.settings.strict:
+                self.result.withheld, message, kept = message, strict_abstention(verdict.unsupported), []
+        self.result.answer, self.result.citations = message, kept
 
     def _citations(self, message: str, cited: list[str]) -> list[Citation]:
         """Citations to chunks really retrieved, found wherever their ids appear; other strings flagged."""

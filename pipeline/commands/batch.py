@@ -72,11 +72,14 @@ def _nothing_to_ask(question: str) -> Any:
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Agent steps per question.")
 @context_window_option
 @click.option("--top-k", type=click.IntRange(1, 50), default=None, help="Search hits per page (default 5).")
+@click.option("--strict", is_flag=True, default=None,
+              help="Record an abstention instead of an answer whose claims are in no retrieved chunk (env "
+                   "ANALYZE_STRICT=1); the answer is kept under `withheld`.")
 @llm_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
 def command(file: Path, out: Path | None, concurrency: int | None, rpm: float | None, retry_errors: bool, store: str,
             model: str | None, tool_mode: str | None, max_steps: int | None, context_window: int | None,
-            top_k: int | None, llm: str, local_model: str | None, progress: bool) -> None:
+            top_k: int | None, strict: bool | None, llm: str, local_model: str | None, progress: bool) -> None:
     """Answer every question in FILE into OUT, one JSON record per line.
 
     \b
@@ -87,9 +90,11 @@ def command(file: Path, out: Path | None, concurrency: int | None, rpm: float | 
     become error records; the batch goes on.
 
     \b
-    Each record: id, question, answer, citations, status (ok/error), error, steps,
-    usage, latency_s, model, store_version (one LanceDB version for the whole file,
-    also on resume), gold. Records are appended and flushed as they complete; a
+    Each record: id, question, answer, citations, status (ok/error), error,
+    grounded (every number, date, name... of the answer found in a retrieved
+    chunk), unsupported (the claims that were not), withheld (the answer --strict
+    replaced), steps, usage, latency_s, model, store_version (one LanceDB version
+    for the whole file, also on resume), gold. Records are appended and flushed as they complete; a
     rerun with the same OUT skips ids already there (and redoes errors only with
     --retry-errors). Ctrl-C once finishes in-flight questions, twice abandons them.
     A summary goes to OUT with .summary.json.
@@ -97,7 +102,7 @@ def command(file: Path, out: Path | None, concurrency: int | None, rpm: float | 
     from pipeline.batch import BatchInputError, format_summary, key, load_output, read_questions, run_batch
 
     settings = Settings.from_env(store=store, model=model, tool_mode=tool_mode, max_steps=max_steps,
-                                 context_window=context_window, top_k=top_k)
+                                 context_window=context_window, top_k=top_k, strict=strict)
     out = out or Path("outputs") / f"{file.stem}.jsonl"
     try:
         if out.resolve() == file.resolve():

@@ -1,0 +1,603 @@
+"""The grounding check: is every checkable claim of an answer in the text the agent retrieved?
+
+`check(answer, evidence, question=..., cited=...)` extracts the answer's checkable claims and looks for
+each in the retrieved chunks, cited chunks first:
+
+- numbers, with or without units, currencies and multipliers (`4,000 hours`, `$35.00`, `2.4 million euros`,
+  `1e-8`, `7.2%`); number words count as numbers (`three` = 3) in both directions; a unit, when the answer
+  gives one, must stand by the number in the chunk (`42 psi` is not supported by `42 bar`); "about 185
+  million" accepts what rounds to it;
+- dates (`12 March 2029`, `March 12, 2029`, `2029-03-12`, `March 2029`) compared as dates;
+- versions (`1.2.3`, `v16`), identifiers and code-like tokens (`E-117`, `HT-220`, `work_mem`,
+  `config.yaml`, `--strict`, URLs), page references (`page 9`, checked against the chunks' pages);
+- quoted strings (`"..."`, backticks), as a run of words;
+- capitalized names (`Ingrid Solberg`, `Norrvik Hydraulics`, acronyms); a single capitalized word at the
+  start of a sentence is not taken for a name.
+
+Matching ignores case, accents, Unicode dash and quote variants, and thousands separators. Text of the
+question never counts as support; when the answer declines (`is_abstention`), claims it merely repeats
+from the question are not checked, since it asserts none of them. Prose with no such claims is grounded.
+What it cannot see: a true value attached to the wrong subject ("the Hydra-5 is rated for 42 bar" when
+42 bar is the Hydra-7's), paraphrased claims without numbers or names, and reasoning errors.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Iterable, Sequence
+
+from pipeline.types import Hit
+
+__all__ = ["Claim", "Grounding", "check", "extract_claims", "is_abstention", "look_again_note", "normalize",
+           "strict_abstention"]
+
+SHOWN_CLAIMS = 8  # at most this many unsupported claims are named to the model and in an abstention
+CLAIM_CHARS = 80  # longest claim text kept
+
+# ------------------------------------------------------------------------------------ normalization
+
+_TRANSLIT = str.maketrans({"ø": "o", "Ø": "O", "æ": "ae", "Æ": "Ae", "đ": "d", "Đ": "D", "ł": "l", "Ł": "L",
+                           "þ": "th", "Þ": "Th", "œ": "oe", "Œ": "Oe", "ı": "i"})
+_DASHES = re.compile("[\u2010-\u2015\u2212\ufe58\ufe63\uff0d]")
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'",
+                         "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"'})
+_GROUP_SPACE = re.compile(r"(?<=\d)[\u00a0\u2007\u2009\u202f](?=\d{3}(?!\d))")  # 4 000 with a thin space
+
+
+def normalize(text: str) -> str:
+    """Comparable text, case kept: NFKC, accents dropped, one dash and one pair of quotes, `4 000` -> `4,000`."""
+    text = _GROUP_SPACE.sub(",", text)
+    text = unicodedata.normalize("NFKC", text).translate(_TRANSLIT).translate(_QUOTES)
+    text = _DASHES.sub("-", text)
+    decomposed = unicodedata.normalize("NFKD", text)
+    return unicodedata.normalize("NFC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))
+
+
+def _fold(text: str) -> str:
+    return normalize(text).casefold()
+
+
+def _words(folded: str) -> list[str]:
+    return re.findall(r"[^\W_]+", folded)
+
+
+# ------------------------------------------------------------------------------------ abstention
+
+_ABSTAIN = re.compile("|".join([
+    r"\b(?:do|does|did|can|could|was|am|is|are)\s*(?:not|n't)\s+(?:find|locate|determine|answer|know|"
+    r"say|tell|contain|mention|state|include|specify|provide|appear|exist)",
+    r"\b(?:cannot|unable to|not able to)\s+(?:find|locate|determine|answer|know|say|tell)",
+    r"\bnot\s+(?:mentioned|stated|specified|found|covered|provided|available|given|present|included|addressed)\b",
+    r"\b(?:no|not enough|insufficient)\s+(?:information|mention|evidence|data|record|details|answer)\b",
+    r"\bunanswerable\b",
+]), re.IGNORECASE)
+
+
+def is_abstention(answer: str) -> bool:
+    """The answer declines: says the archive does not hold it, that it cannot be found, and the like."""
+    return bool(_ABSTAIN.search(normalize(answer or "")))
+
+
+# ------------------------------------------------------------------------------------ vocabularies
+
+_UNITS: dict[str, str] = {}
+for _canon, _names in {
+    "bar": "bar bars mbar", "psi": "psi", "pa": "pa pascal pascals", "kpa": "kpa", "mpa": "mpa",
+    "hour": "h hr hrs hour hours", "minute": "min mins minute minutes", "second": "s sec secs second seconds",
+    "ms": "ms millisecond milliseconds", "day": "day days", "week": "week weeks", "month": "month months",
+    "year": "year years yr yrs", "celsius": "°c celsius degc", "fahrenheit": "°f fahrenheit degf",
+    "kelvin": "kelvin", "degree": "° degree degrees", "percent": "% percent pct", "usd": "$ usd dollar dollars us$",
+    "eur": "€ eur euro euros", "gbp": "£ gbp", "nok": "nok kr krone kroner", "sek": "sek", "dkk": "dkk",
+    "chf": "chf", "jpy": "¥ jpy yen", "mm": "mm millimetre millimetres millimeter millimeters",
+    "cm": "cm centimetre centimetres centimeter centimeters", "m": "m metre metres meter meters",
+    "km": "km kilometre kilometres kilometer kilometers", "in": "inch inches", "ft": "ft foot feet",
+    "kg": "kg kilogram kilograms kilo kilos", "g": "g gram grams", "mg": "mg milligram milligrams",
+    "t": "t tonne tonnes ton tons", "lb": "lb lbs", "l": "l litre litres liter liters", "ml": "ml millilitre "
+    "millilitres milliliter milliliters", "m3": "m3 m³", "gal": "gal gallon gallons", "w": "w watt watts",
+    "kw": "kw kilowatt kilowatts", "mw": "mw megawatt megawatts", "v": "v volt volts", "a": "a amp amps ampere "
+    "amperes", "hz": "hz hertz", "khz": "khz", "rpm": "rpm", "b": "b byte bytes", "kb": "kb kilobyte kilobytes",
+    "mb": "mb megabyte megabytes", "gb": "gb gigabyte gigabytes", "tb": "tb terabyte terabytes", "kib": "kib",
+    "mib": "mib", "gib": "gib", "tib": "tib", "m3/h": "m3/h m³/h", "l/min": "l/min",
+}.items():
+    for _name in _names.split():
+        _UNITS[_name] = _canon
+_COMPATIBLE = {"degree": {"degree", "celsius", "fahrenheit", "kelvin"}}  # "80 degrees" is met by "80 °C"
+_CURRENCY_SYMBOLS = {"$": "usd", "€": "eur", "£": "gbp", "¥": "jpy"}
+_CURRENCY_CODES = {"usd", "eur", "gbp", "nok", "sek", "dkk", "chf", "jpy", "us$"}
+_MULTIPLIERS = {"thousand": 10 ** 3, "million": 10 ** 6, "mn": 10 ** 6, "billion": 10 ** 9, "bn": 10 ** 9,
+                "trillion": 10 ** 12}
+_CONNECTORS = {"to", "and", "or", "-", "x", "by"}
+_APPROX = re.compile(r"\b(?:about|approximately|approx|around|roughly|nearly|almost|some|circa|ca|~)\W*$")
+
+_ONES = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+                                    "fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
+
+_MONTHS = {name: i for i, names in enumerate(
+    ["jan january", "feb february", "mar march", "apr april", "may", "jun june", "jul july", "aug august",
+     "sep sept september", "oct october", "nov november", "dec december"], start=1) for name in names.split()}
+_MONTH = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|" \
+         r"oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
+_WEEKDAYS = {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"}
+
+# Words that start sentences or sit capitalized in prose without naming anything.
+_COMMON = set("""
+a an the this that these those it its they them their there here he she his her him we our us you your i my me
+in on at by for from to of with without within after before during under over between per as into onto upon
+via about above below across against along among around behind beyond near off out since through toward towards
+and or but nor so yet then thus hence therefore however also both each every all any some most many much more
+less only just even if when whenever while where wherever which who whom whose what why how whether because
+although though unless until once yes no not none nothing neither either is are was were be been being am has
+have had do does did can could should would will shall may might must let please see note notes answer answers
+source sources summary result results based according given regarding unfortunately sorry currently overall
+finally first second third next last other another such same own new old one two three four five six seven
+eight nine ten several few today now yes ok okay step steps search searched searching looking found
+""".split()) | _WEEKDAYS
+_TITLES = {"mr", "mrs", "ms", "dr", "prof", "sir", "mx"}
+_COMMON_CAPS = {"OK", "AM", "PM", "ID", "FAQ", "NB", "PS", "AI", "LLM", "PDF", "TBD", "N/A"}
+
+# ------------------------------------------------------------------------------------ claims
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One checkable statement of the answer: its text (Unicode-normalized) and what kind of thing it is."""
+
+    text: str
+    kind: str  # number, date, version, identifier, page, quote, name
+
+
+@dataclass(frozen=True)
+class _Number:
+    start: int  # of the claim: a currency before it and a unit after it included
+    end: int
+    number_end: int  # where the number itself (and its multiplier) ends
+    value: Decimal  # with the multiplier applied
+    base: Decimal  # as written, before a multiplier
+    multiplier: int
+    unit: str | None  # the unit next to it (canonical), currency included
+    approximate: bool = False
+
+
+@dataclass(frozen=True)
+class _Date:
+    year: int | None
+    month: int
+    day: int | None
+
+
+_NUM = re.compile(r"(?<![\w.,])(?P<sign>[-+])?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+                  r"(?:e(?P<exp>[-+]?\d+))?(?!\d|,\d{3}|\.\d)")
+_MULT_AFTER = re.compile(r"(?:\s*(thousand|million|mn|billion|bn|trillion)\b|(k)\b)")
+_UNIT_TOKEN = re.compile(r"(\s*)(?:-\s*)?(%|°\s?[cf]?\b|°|[$€£¥]|[a-zµ][a-z0-9µ³/]*|\d[\d,.]*)")
+_ORDINAL = re.compile(r"(?:st|nd|rd|th)\b")
+
+
+def _decimal(text: str) -> Decimal | None:
+    try:
+        return Decimal(text.replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def _unit_tokens(folded: str, end: int, count: int) -> Iterable[tuple[str, bool, int]]:
+    """Up to `count` tokens after position `end`: (token, attached to what precedes it, where it ends)."""
+    pos = end
+    for _ in range(count):
+        match = _UNIT_TOKEN.match(folded, pos)
+        if not match:
+            return
+        yield match.group(2).replace(" ", ""), match.group(1) == "", match.end()
+        pos = match.end()
+
+
+def _as_unit(token: str, attached: bool) -> str | None:
+    token = token.rstrip(".")
+    canon = _UNITS.get(token)
+    if canon is None or (len(token) == 1 and token.isalpha() and not attached):
+        return None  # a lone letter after a space is a word ("3 a day"), not a unit
+    return canon
+
+
+def _currency_before(folded: str, start: int) -> tuple[str, int] | None:
+    """(currency, where its symbol or code starts) when one stands right before position `start`."""
+    window = max(0, start - 6)
+    match = re.search(r"(?:([$€£¥])|\b(usd|eur|gbp|nok|sek|dkk|chf|jpy|us\$))\s?$", folded[window:start])
+    if not match:
+        return None
+    return (_CURRENCY_SYMBOLS[match.group(1)] if match.group(1) else _UNITS[match.group(2)]), window + match.start()
+
+
+def _claim_unit(folded: str, start: int, end: int) -> tuple[str | None, int, int]:
+    """(unit, start, end) of a number as the answer gives it: a currency before, or the first unit after it.
+
+    A range or list between the number and its unit is allowed (`10 to 20 bar`); any other word ends the search.
+    """
+    currency = _currency_before(folded, start)
+    if currency:
+        return currency[0], currency[1], end
+    for token, attached, token_end in _unit_tokens(folded, end, 4):
+        unit = _as_unit(token, attached)
+        if unit:
+            return unit, start, token_end
+        if token not in _CONNECTORS and not token[0].isdigit():
+            break
+    return None, start, end
+
+
+def _digit_numbers(folded: str) -> list[_Number]:
+    numbers = []
+    for match in _NUM.finditer(folded):
+        base = _decimal(match.group("num") + (f"e{match.group('exp')}" if match.group("exp") else ""))
+        if base is None:
+            continue
+        if match.group("sign") == "-":
+            base = -base
+        end = match.end()
+        multiplier = 1
+        if mult := _MULT_AFTER.match(folded, end):
+            multiplier = _MULTIPLIERS[mult.group(1)] if mult.group(1) else 1000
+            end = mult.end()
+        unit, start, claim_end = _claim_unit(folded, match.start(), end)
+        numbers.append(_Number(start, claim_end, end, base * multiplier, base, multiplier, unit,
+                               bool(_APPROX.search(folded[max(0, start - 16):start]))))
+    return numbers
+
+
+_NUMBER_WORD = re.compile(r"\b(?:" + "|".join(sorted([*_ONES, *_TENS, *_SCALES], key=len, reverse=True)) + r")\b")
+
+
+def _word_numbers(folded: str, *, with_one: bool) -> list[_Number]:
+    """Numbers written in words: `three`, `twenty-five`, `two hundred`; a lone `one` only `with_one`."""
+    numbers = []
+    pos = 0
+    while first := _NUMBER_WORD.search(folded, pos):
+        total, current, words, scan, end = 0, 0, [], first.start(), first.end()
+        while word := _NUMBER_WORD.match(folded, scan):
+            token = word.group(0)
+            if token in _ONES:
+                current += _ONES[token]
+            elif token in _TENS:
+                current += _TENS[token]
+            elif token == "hundred":
+                current = max(current, 1) * 100
+            else:
+                total, current = total + max(current, 1) * _SCALES[token], 0
+            words.append(token)
+            end = word.end()
+            joiner = re.match(r"\s+and\s+|[\s-]", folded[end:])
+            if not joiner:
+                break
+            scan = end + joiner.end()
+        pos = end
+        if (words == ["one"] and not with_one) or words[0] in _SCALES:
+            continue  # "one" is a pronoun as often as a number; "million" alone belongs to a digit number
+        value = Decimal(total + current)
+        unit, start, claim_end = _claim_unit(folded, first.start(), end)
+        numbers.append(_Number(start, claim_end, end, value, value, 1, unit))
+    return numbers
+
+
+_DATE_PATTERNS = [
+    (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), "ymd"),
+    (re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH})(?:,?\s+(\d{{4}}))?\b"), "dmy"),
+    (re.compile(rf"\b({_MONTH})\s+(\d{{1,2}})(?:st|nd|rd|th)?(?:,?\s+(\d{{4}}))?\b(?!,\d)"), "mdy"),
+    (re.compile(rf"\b({_MONTH})(?:\s+of)?,?\s+(\d{{4}})\b"), "my"),
+    (re.compile(r"\b(\d{1,2})[./](\d{1,2})[./](\d{4})\b"), "numeric"),
+    (re.compile(r"\b(january|february|march|april|june|july|august|september|october|november|december)\b"), "m"),
+]
+
+
+def _readings(shape: str, groups: tuple[str | None, ...]) -> list[_Date]:
+    """The dates a match can mean; a numeric d/m/y date has both readings."""
+    def month(name: str | None) -> int:
+        return _MONTHS[(name or "").rstrip(".")]
+
+    def year(text: str | None) -> int | None:
+        return int(text) if text else None
+
+    g = groups
+    if shape == "ymd":
+        dates = [_Date(int(g[0] or 0), int(g[1] or 0), int(g[2] or 0))]
+    elif shape == "dmy":
+        dates = [_Date(year(g[2]), month(g[1]), int(g[0] or 0))]
+    elif shape == "mdy":
+        dates = [_Date(year(g[2]), month(g[0]), int(g[1] or 0))]
+    elif shape == "my":
+        dates = [_Date(year(g[1]), month(g[0]), None)]
+    elif shape == "numeric":
+        a, b = int(g[0] or 0), int(g[1] or 0)
+        dates = [_Date(year(g[2]), m, d) for d, m in ((a, b), (b, a))]
+    else:
+        dates = [_Date(None, month(g[0]), None)]
+    return [d for d in dict.fromkeys(dates) if 1 <= d.month <= 12 and (d.day is None or 1 <= d.day <= 31)]
+
+
+def _dates(folded: str) -> list[tuple[int, int, list[_Date]]]:
+    """(start, end, readings) of each date in `folded`, the most specific pattern first."""
+    found: list[tuple[int, int, list[_Date]]] = []
+    for pattern, shape in _DATE_PATTERNS:
+        for match in pattern.finditer(folded):
+            if any(start < match.end() and match.start() < end for start, end, _ in found):
+                continue
+            readings = _readings(shape, match.groups())
+            if readings:
+                found.append((match.start(), match.end(), readings))
+    return sorted(found, key=lambda item: item[0])
+
+
+_TOKEN = re.compile(r"[^\s\"'`()\[\]{}<>,;!?*]+")
+_DOTTED = re.compile(r"^[a-z_][\w-]*(?:\.[a-z_][\w-]*)+$", re.IGNORECASE)
+_VERSION = re.compile(r"^(?:v\d+(?:\.\d+)*|\d+(?:\.\d+){2,})$", re.IGNORECASE)
+_NUMBER_LIKE = re.compile(r"^[-+$€£¥]?\d[\d,.]*(?:e[-+]?\d+)?(?:-?[a-z%°µ/]+)?$", re.IGNORECASE)
+
+
+def _identifier_kind(token: str) -> str | None:
+    """`version` or `identifier` for a code-like token (`E-117`, `work_mem`, `config.yaml`), else None."""
+    if _VERSION.match(token):
+        return "version"
+    if len(token) < 2 or _NUMBER_LIKE.match(token):
+        return None  # 42, 4,000-hour, 80°C, 10k: numbers, checked as numbers
+    letters = any(c.isalpha() for c in token)
+    if "://" in token or ("@" in token and "." in token.rsplit("@", 1)[-1]):
+        return "identifier"
+    if letters and (token.startswith(("/", "~/")) or re.match(r"^--?[a-z][\w-]*$", token, re.IGNORECASE)):
+        return "identifier"  # paths and command-line options
+    if letters and (any(c.isdigit() for c in token) or "_" in token or "::" in token or token.endswith("()")):
+        return "identifier"
+    if token[0].islower() and re.search(r"[a-z][A-Z]", token):
+        return "identifier"  # camelCase
+    if _DOTTED.match(token) and any(len(part) > 1 for part in token.split(".")):
+        return "identifier"  # config.yaml, pg_hba.conf; not e.g. or U.S.
+    return None
+
+
+def _is_sentence_start(text: str, start: int) -> bool:
+    before = text[:start]
+    if re.fullmatch(r"\s*(?:[-*•>#]+|\d+[.)])?\s*[\"'(]*", before.rsplit("\n", 1)[-1]):
+        return True
+    return bool(re.search(r"[.!?:]\s*[\"'(]*$", before))
+
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*[A-Za-z]|[A-Za-z]")
+
+
+def _names(text: str) -> list[tuple[int, int, str]]:
+    """Runs of capitalized words (and acronyms) that look like names: (start, end, text)."""
+    names: list[tuple[int, int, str]] = []
+    run: list[tuple[int, int, str]] = []
+
+    def close() -> None:
+        items = list(run)
+        run.clear()
+        if not items:
+            return
+        first = items[0]
+        opening = _is_sentence_start(text, first[0])
+        while items and (items[0][2].lower() in _COMMON or items[0][2].lower() in _TITLES):
+            items.pop(0)
+        if len(items) == 1:
+            word = items[0][2]
+            if word in _COMMON_CAPS or word.lower() in _UNITS:
+                return  # "OK", "EUR 2.4 million", "80 degrees Celsius"
+            if opening and items[0] is first and not (word.isupper() or re.search(r"[a-z][A-Z]", word)):
+                return  # "Replace the seal": a capital at the start of a sentence says nothing
+        if items:
+            names.append((items[0][0], items[-1][1], text[items[0][0]:items[-1][1]]))
+
+    for match in _WORD.finditer(text):
+        word = re.sub(r"'s?$", "", match.group(0))
+        if len(word) == 1 or not word[0].isupper():
+            close()
+            continue
+        if run and text[run[-1][1]:match.start()].strip(" '") != "" or run and "\n" in text[run[-1][1]:match.start()]:
+            close()
+        run.append((match.start(), match.start() + len(word), word))
+    close()
+    return names
+
+
+_QUOTED = re.compile(r'"([^"\n]{2,300})"|`([^`\n]{1,300})`|(?<!\w)\'([^\'\n]{2,200})\'(?!\w)')
+_PAGE_REF = re.compile(r"\b(?:pages?|pp?\.)\s*(\d+(?:\s*(?:-|to|and|,)\s*\d+)*)", re.IGNORECASE)
+_SKIPPED = re.compile(r"\[\d+(?:\s*[,-]\s*\d+)*\]|^\s*\d+[.)](?=\s)", re.MULTILINE)  # [1] markers, list numbers
+
+
+def _mask(text: str, spans: Iterable[tuple[int, int]]) -> str:
+    chars = list(text)
+    for start, end in spans:
+        chars[start:end] = " " * (end - start)
+    return "".join(chars)
+
+
+def extract_claims(answer: str) -> list[Claim]:
+    """The checkable claims of `answer`, in the order they appear (each distinct claim once)."""
+    return [claim for _, claim, _ in _extract(normalize(answer))]
+
+
+def _extract(text: str) -> list[tuple[int, Claim, object]]:
+    """(position, claim, matcher data) for each claim of normalized `text`."""
+    found: list[tuple[int, Claim, object]] = []
+    spans: list[tuple[int, int]] = [m.span() for m in _SKIPPED.finditer(text)]
+
+    def take(start: int, end: int, kind: str, data: object) -> None:
+        found.append((start, Claim(text[start:end].strip()[:CLAIM_CHARS], kind), data))
+        spans.append((start, end))
+
+    for match in _QUOTED.finditer(text):
+        inner = next(g for g in match.groups() if g is not None)
+        words = _words(_fold(inner))
+        if words:
+            take(match.start(), match.end(), "quote", words)
+        else:
+            spans.append(match.span())
+    masked = _mask(text, spans)
+    for match in _PAGE_REF.finditer(masked):
+        for number in re.findall(r"\d+", match.group(1)):
+            found.append((match.start(), Claim(f"page {number}", "page"), int(number)))
+        spans.append(match.span())
+    masked = _mask(text, spans)
+    for match in _TOKEN.finditer(masked):
+        token = match.group(0).rstrip(".:")
+        kind = _identifier_kind(token)
+        if kind:
+            take(match.start(), match.start() + len(token), kind, token.casefold())
+    masked = _mask(text, spans)
+    folded = masked.casefold()
+    for start, end, readings in _dates(folded):
+        take(start, end, "date", readings)
+    folded = _mask(text, spans).casefold()
+    for number in _digit_numbers(folded):
+        if _ORDINAL.match(folded, number.number_end):
+            continue
+        take(number.start, number.end, "number", number)
+    folded = _mask(text, spans).casefold()
+    for number in _word_numbers(folded, with_one=False):
+        take(number.start, number.end, "number", number)
+    for start, end, name in _names(_mask(text, spans)):
+        take(start, end, "name", _words(_fold(name)))
+    unique: dict[tuple[str, str], tuple[int, Claim, object]] = {}
+    for item in sorted(found, key=lambda item: item[0]):
+        unique.setdefault((item[1].kind, item[1].text.casefold()), item)
+    return list(unique.values())
+
+
+# ------------------------------------------------------------------------------------ evidence
+
+
+class _Chunk:
+    """One retrieved chunk, indexed for the matchers: folded text, words, numbers, dates, pages."""
+
+    def __init__(self, chunk_id: str, text: str, pages: set[int]) -> None:
+        self.chunk_id = chunk_id
+        self.folded = _fold(text)
+        self.words = _words(self.folded)
+        self.joined = f" {' '.join(self.words)} "
+        self.word_set = set(self.words)
+        self.pages = pages
+        self.numbers: list[tuple[Decimal, Decimal, set[str]]] = []
+        for number in [*_digit_numbers(self.folded), *_word_numbers(self.folded, with_one=True)]:
+            near = _unit_tokens(self.folded, number.number_end, 4)
+            units = {u for u in (_as_unit(token, attached) for token, attached, _ in near) if u}
+            if number.unit:
+                units.add(number.unit)  # a currency before the number
+            self.numbers.append((number.value, number.base, units))
+        self.dates = [reading for _, _, readings in _dates(self.folded) for reading in readings]
+        self.years = {int(v) for v, _, _ in self.numbers if v == v.to_integral_value() and 1000 <= v <= 2999}
+
+    @classmethod
+    def of(cls, hit: Hit) -> "_Chunk":
+        pages = set(range(hit.page, (hit.page_end or hit.page) + 1)) if hit.page is not None else set()
+        return cls(hit.chunk_id, f"{hit.text}\n{hit.heading}\n{hit.source}\n{hit.chunk_id}", pages)
+
+    def supports(self, claim: Claim, data: object) -> bool:
+        if claim.kind in ("quote", "name"):
+            words: list[str] = data  # type: ignore[assignment]
+            return f" {' '.join(words)} " in self.joined or (
+                claim.kind == "name" and all(w in self.word_set for w in words if len(w) > 1))
+        if claim.kind in ("identifier", "version"):
+            return self._has_token(str(data))
+        if claim.kind == "page":
+            return data in self.pages
+        if claim.kind == "date":
+            return any(self._has_date(reading) for reading in data)  # type: ignore[union-attr]
+        return self._has_number(data)  # type: ignore[arg-type]
+
+    def _has_token(self, token: str) -> bool:
+        body = token.lstrip("v") if _VERSION.match(token) else token
+        parts = [re.escape(p) for p in re.split(r"[-_\s]+", body) if p]
+        if not parts:
+            return False
+        prefix = r"(?:v|version\s*)?" if _VERSION.match(token) else ""
+        pattern = rf"(?<![\w.]){prefix}{'[-_ ]?'.join(parts)}(?![\w]|\.\w)"
+        return re.search(pattern, self.folded) is not None
+
+    def _has_date(self, claim: _Date) -> bool:
+        for date in self.dates:
+            if date.month != claim.month or (claim.day is not None and date.day != claim.day):
+                continue
+            if claim.year is None or date.year == claim.year or (date.year is None and claim.year in self.years):
+                return True
+        return False
+
+    def _has_number(self, claim: _Number) -> bool:
+        wanted = _COMPATIBLE.get(claim.unit or "", {claim.unit}) if claim.unit else None
+        quantum = Decimal(1).scaleb(claim.base.as_tuple().exponent) * claim.multiplier  # type: ignore[arg-type]
+        for value, base, units in self.numbers:
+            if claim.approximate:
+                same = abs(value - claim.value) <= quantum / 2
+            else:
+                same = value == claim.value or (claim.value >= 0 and -value == claim.value) or (
+                    claim.multiplier == 1 and base == claim.value)
+            if same and (wanted is None or wanted & units):
+                return True
+        return False
+
+
+# ------------------------------------------------------------------------------------ the check
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """The verdict on one answer: each checked claim with the chunk that supports it (None: unsupported)."""
+
+    checked: tuple[tuple[Claim, str | None], ...]
+    exempt: tuple[Claim, ...] = ()  # claims an abstention only repeats from the question
+
+    @property
+    def grounded(self) -> bool:
+        return all(chunk is not None for _, chunk in self.checked)
+
+    @property
+    def unsupported(self) -> list[str]:
+        return [claim.text for claim, chunk in self.checked if chunk is None]
+
+    @property
+    def supporting(self) -> list[str]:
+        """Chunk ids that support a claim, in the order of the claims (each once)."""
+        return list(dict.fromkeys(chunk for _, chunk in self.checked if chunk is not None))
+
+
+def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Sequence[str] = ()) -> Grounding:
+    """Check every claim of `answer` against the `evidence` chunks, those whose ids are `cited` first.
+
+    The question's text never supports a claim; when the answer declines, claims that only repeat the
+    question are exempt from the check (they are not asserted).
+    """
+    order = {cid: i for i, cid in enumerate(cited)}
+    chunks = [_Chunk.of(hit) for hit in sorted(evidence, key=lambda h: order.get(h.chunk_id, len(order)))]
+    asked = _Chunk("(question)", question, set()) if question and is_abstention(answer) else None
+    checked: list[tuple[Claim, str | None]] = []
+    exempt: list[Claim] = []
+    for _, claim, data in _extract(normalize(answer)):
+        chunk = next((c.chunk_id for c in chunks if c.supports(claim, data)), None)
+        if chunk is None and asked is not None and asked.supports(claim, data):
+            exempt.append(claim)
+            continue
+        checked.append((claim, chunk))
+    return Grounding(tuple(checked), tuple(exempt))
+
+
+def _listing(claims: Sequence[str]) -> str:
+    """`"a"`, `"a" and "b"`, `"a", "b" and "c"`; past SHOWN_CLAIMS, `... and N more`."""
+    shown = [f'"{c}"' for c in claims[:SHOWN_CLAIMS]] or ["the answer's claims"]
+    if len(claims) > SHOWN_CLAIMS:
+        return ", ".join(shown) + f" and {len(claims) - SHOWN_CLAIMS} more"
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+
+
+def look_again_note(unsupported: Sequence[str]) -> str:
+    """The system note for one more look: it names the claims found in no retrieved chunk."""
+    verb = "appears" if len(unsupported) == 1 else "appear"
+    return (f"[system] Your answer was not delivered. {_listing(unsupported)} {verb} in none of the chunks you "
+            "retrieved: search for it, correct the answer, or say that the documents do not answer the question. "
+            "Cite the chunk ids that hold each value.")
+
+
+def strict_abstention(unsupported: Sequence[str]) -> str:
+    """The answer given instead of an ungrounded one under --strict: it says what could not be verified."""
+    return (f"The documents I retrieved do not answer this reliably: I could not find {_listing(unsupported)} "
+            "in any of them, so I give no answer.")
