@@ -7,7 +7,8 @@
 - `norrvik_annual_report_2029.pdf`: an 8-page annual report;
 - `board_minutes_2029-03.docx`, `site_visit_bergen.html`, `engineer_onboarding.md`;
 
-and the questions, gold answers, gold pages and categories to `queries/demo.jsonl`. The output is
+and the questions, gold answers, gold pages and categories to `queries/demo.jsonl` (11 answerable, 9 about
+facts no document holds, marked `unanswerable`). The output is
 deterministic: the same bytes on every run (fixed seeds, dates and zip timestamps), so re-ingesting
 an unchanged corpus is a no-op.
 """
@@ -107,6 +108,17 @@ FACTS: tuple[Fact, ...] = (
          ONBOARDING, None, "Every new field engineer completes Pump School within their first 30 days; until then "
                            "they work only alongside a certified engineer."),
     Fact("q12", "What is the retail price of the Hydra-7 pump in US dollars?", (), "unanswerable"),
+    # Facts no document holds (the grounding benchmark's unanswerable set); q20 is a near miss: the manual names
+    # the Hydra-7's lubricant and mentions the Hydra-5, but never the Hydra-5's lubricant.
+    Fact("q13", "How much does the Hydra-7 pump weigh in kilograms?", (), "unanswerable"),
+    Fact("q14", "What is the maximum flow rate of the Hydra-7 pump in cubic metres per hour?", (), "unanswerable"),
+    Fact("q15", "What was Norrvik Hydraulics' revenue in 2026?", (), "unanswerable"),
+    Fact("q16", "What does error code E-204 on the Hydra-7 controller mean?", (), "unanswerable"),
+    Fact("q17", "What is the rated motor power of the Hydra-7 in kilowatts?", (), "unanswerable"),
+    Fact("q18", "How many months does the Hydra-7 warranty last?", (), "unanswerable"),
+    Fact("q19", "What is the telephone number of the Norrvik Hydraulics service centre in Stavanger?", (),
+         "unanswerable"),
+    Fact("q20", "Which lubricant is approved for the Hydra-5 bearings?", (), "unanswerable"),
 )
 
 

@@ -335,3 +335,26 @@ def test_eval_reports_grounding_and_abstention_precision_and_recall(tmp_path: Pa
 def test_eval_of_records_without_grounding_fields_leaves_them_empty():
     overall = evaluate([{"id": 1, "answer": "42 bar", "status": "ok", "gold": {"answers": ["42 bar"]}}])["overall"]
     assert overall["grounded"] is None and overall["accuracy_grounded"] is None and overall["accuracy"] == 1.0
+
+
+def test_the_benchmark_scores_first_answers_final_answers_and_strict_ones_from_one_run():
+    from pipeline.bench.grounding import summarize
+
+    held = {"function": "(grounding check)", "arguments": {"answer": "It is 48 bar.", "unsupported": ["48 bar"]}}
+    held_true = {"function": "(grounding check)", "arguments": {"answer": "Price: 42 bar.", "unsupported": ["x"]}}
+    records = [
+        {"id": "a", "status": "ok", "answer": "It is 42 bar.", "grounded": True, "steps": [held],
+         "gold": {"answers": ["42 bar"]}},  # corrected by the look
+        {"id": "b", "status": "ok", "answer": "3 pumps", "grounded": True, "steps": [], "gold": {"answers": ["3"]}},
+        {"id": "c", "status": "ok", "answer": "The documents do not answer this.", "withheld": "$35", "grounded": False,
+         "steps": [held_true], "gold": {"unanswerable": True}},
+        {"id": "d", "status": "ok", "answer": "The documents do not say.", "withheld": "42 bar", "grounded": False,
+         "steps": [held_true], "gold": {"answers": ["42 bar"]}},  # a true answer held back: a false alarm
+    ]
+    result = summarize(records)
+    assert result["today"] == {"answerable_correct": 2, "answerable": 3, "abstained": 0, "unanswerable": 1,
+                               "abstention": 0.0, "grounded_share_of_correct": 0.5}
+    assert result["checked"]["answerable_correct"] == 3 and result["checked"]["abstention"] == 0.0
+    assert result["checked"]["grounded_share_of_correct"] == pytest.approx(0.667, abs=1e-3)
+    assert result["strict"]["answerable_correct"] == 2 and result["strict"]["abstention"] == 1.0
+    assert result["held_back"] == ["a", "c", "d"] and result["false_alarms"] == ["d"]
