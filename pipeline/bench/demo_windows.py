@@ -1,4 +1,4 @@
-"""The demo's 12 questions with the local 1.5B model at 8192 and 4096 tokens: accuracy, steps, wasted steps.
+"""The demo's questions with the local 1.5B model at 8192 and 4096 tokens: accuracy, steps, wasted steps.
 
 Runs the real `analyze batch ... --llm local --tool-mode json --concurrency 1 --context-window W` over the
 demo corpus (generated and ingested under outputs/bench/demo_windows/ the first time; ingest skips it later)
@@ -72,7 +72,10 @@ def run(out_dir: Path) -> dict[str, Any]:
     model, info = resolve_model(os.environ.get("ANALYZE_LOCAL_MODEL"))
     work = out_dir / "demo_windows"
     questions, store = _demo(work)
-    result: dict[str, Any] = {"model": info.describe(), "questions": "the demo's 12 (queries/demo.jsonl)", "windows": {}}
+    from pipeline.democorpus import FACTS
+
+    result: dict[str, Any] = {"model": info.describe(), "questions": f"the demo's {len(FACTS)} (queries/demo.jsonl)",
+                              "windows": {}}
     for window in WINDOWS:
         out = work / f"demo-{window}.jsonl"
         out.unlink(missing_ok=True)
