@@ -75,6 +75,7 @@ def test_prose_without_checkable_claims_has_none(text):
 
 def test_normalize_folds_unicode_dashes_quotes_and_thin_space_separators():
     assert normalize("Tromsø – “E‑117” 4\u202f000 ﬁlter") == 'Tromso - "E-117" 4,000 filter'
+    assert normalize("Straße") == "Strasse" and kinds("Sent to Straße.") == [("Strasse", "name")]
 
 
 # ------------------------------------------------------------------------------------ matching: no false alarms

@@ -53,7 +53,8 @@ def normalize(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).translate(_TRANSLIT).translate(_QUOTES)
     text = _DASHES.sub("-", text)
     decomposed = unicodedata.normalize("NFKD", text)
-    return unicodedata.normalize("NFC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))
+    text = unicodedata.normalize("NFC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))
+    return "".join(ch if len(ch.casefold()) == 1 else ch.casefold() for ch in text)  # casefold keeps positions
 
 
 def _fold(text: str) -> str:
@@ -107,6 +108,7 @@ for _canon, _names in {
 _COMPATIBLE = {"degree": {"degree", "celsius", "fahrenheit", "kelvin"}}  # "80 degrees" is met by "80 °C"
 _CURRENCY_SYMBOLS = {"$": "usd", "€": "eur", "£": "gbp", "¥": "jpy"}
 _CURRENCY_CODES = {"usd", "eur", "gbp", "nok", "sek", "dkk", "chf", "jpy", "us$"}
+_CURRENCY_BEFORE = re.compile(r"(?:([$€£¥])|\b(" + "|".join(map(re.escape, sorted(_CURRENCY_CODES))) + r"))\s?$")
 _MULTIPLIERS = {"thousand": 10 ** 3, "million": 10 ** 6, "mn": 10 ** 6, "billion": 10 ** 9, "bn": 10 ** 9,
                 "trillion": 10 ** 12}
 _CONNECTORS = {"to", "and", "or", "-", "x", "by"}
@@ -206,7 +208,7 @@ def _as_unit(token: str, attached: bool) -> str | None:
 def _currency_before(folded: str, start: int) -> tuple[str, int] | None:
     """(currency, where its symbol or code starts) when one stands right before position `start`."""
     window = max(0, start - 6)
-    match = re.search(r"(?:([$€£¥])|\b(usd|eur|gbp|nok|sek|dkk|chf|jpy|us\$))\s?$", folded[window:start])
+    match = _CURRENCY_BEFORE.search(folded[window:start])
     if not match:
         return None
     return (_CURRENCY_SYMBOLS[match.group(1)] if match.group(1) else _UNITS[match.group(2)]), window + match.start()
@@ -394,8 +396,10 @@ def _names(text: str) -> list[tuple[int, int, str]]:
         if len(word) == 1 or not word[0].isupper():
             close()
             continue
-        if run and text[run[-1][1]:match.start()].strip(" '") != "" or run and "\n" in text[run[-1][1]:match.start()]:
-            close()
+        gap = text[run[-1][1]:match.start()] if run else ""
+        if gap.strip(" '") or "\n" in gap:
+            close()  # a name is words joined by single spaces
+
         run.append((match.start(), match.start() + len(word), word))
     close()
     return names
