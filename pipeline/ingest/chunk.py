@@ -73,33 +73,151 @@ def heading_prefix(heading: str, tokenizer, limit: int) -> tuple[str, int]:
 
 
 def split_text(text: str, tokenizer, *, max_tokens: int, overlap: int) -> list[str]:
-    """Cut `text` into windows of `max_tokens` pieces of `tokenizer` (a `tokenizers.Tokenizer`)."""
+    """Cut `text` into windows of at most `max_tokens` pieces of `tokenizer` (a `tokenizers.Tokenizer`)."""
+    return [text[start:end] for start, end in split_spans(text, tokenizer, max_tokens=max_tokens, overlap=overlap)]
+
+
+def split_spans(text: str, tokenizer, *, max_tokens: int, overlap: int) -> list[tuple[int, int]]:
+    """Character spans of the windows of `text`: each at most `max_tokens` pieces, starting and ending at word
+    boundaries (a word is a run of non-space characters: an identifier is never cut), neighbours sharing up to
+    `overlap` pieces.
+
+    A window ends at the strongest boundary in its second half (a blank line, then a line end after a sentence,
+    then any line end, then a sentence end, then a word end), the latest of those. When it ends inside a line that fits in a
+    window, the next window starts at that line's beginning (likewise for a sentence inside a longer line), so
+    every line and sentence of at most `max_tokens` pieces lies whole in some window. Only a word longer than a
+    whole window is cut inside, into consecutive windows, next to punctuation where it can.
+    """
     offsets = tokenizer.encode(text, add_special_tokens=False).offsets
-    n = len(offsets)
-    pieces: list[str] = []
+    if not offsets:
+        return []
+    cuts = _Cuts(text, offsets)
+    spans: list[tuple[int, int]] = []
     start = 0
-    while start < n:
-        end = min(start + max_tokens, n)
-        if end < n:
-            end = _boundary(text, offsets, start, end, min_end=start + max(1, (max_tokens * 3) // 4))
-        piece = text[offsets[start][0]:offsets[end - 1][1]].strip()
-        if piece:
-            pieces.append(piece)
-        if end >= n:
-            break
-        start = max(end - overlap, start + 1)
-    return pieces
+    while True:
+        end = cuts.n if start + max_tokens >= cuts.n else cuts.end(start, max_tokens)
+        while not (cuts.strength[start] and cuts.strength[end]) and end > start + 1 and _pieces(
+                tokenizer, text, cuts.chars(start, end)) > max_tokens:
+            end -= 1  # a piece of a word can take more pieces alone than inside the word: shrink until it fits
+        span = cuts.chars(start, end)
+        if span:
+            spans.append(span)
+        if end >= cuts.n:
+            return spans
+        start = cuts.next_start(start, end, max_tokens, overlap)
 
 
-def _boundary(text: str, offsets, start: int, end: int, *, min_end: int) -> int:
-    """Pull `end` back to just after a sentence end (or failing that a word end) if one lies past `min_end`."""
-    best_word = None
-    for i in range(end - 1, min_end - 1, -1):
-        char_end = offsets[i][1]
-        next_start = offsets[i + 1][0]
-        gap = text[char_end:next_start]
-        if text[char_end - 1:char_end] in ".!?:;" and gap[:1].isspace():
-            return i + 1
-        if best_word is None and gap[:1].isspace():
-            best_word = i + 1
-    return best_word or end
+WORD, SENTENCE, LINE, LINE_AFTER_SENTENCE, PARAGRAPH = 1, 2, 3, 4, 5  # boundary strengths
+_SENTENCE_ENDS = ".!?;:"
+_CLOSERS = "\"')]}\u00bb\u201d\u2019"  # may stand between a sentence's last mark and the space after it
+
+
+class _Cuts:
+    """The places between tokens where a window may end: cut i lies before token i, 0 < i < n."""
+
+    def __init__(self, text: str, offsets: list[tuple[int, int]]) -> None:
+        self.text, self.offsets, self.n = text, offsets, len(offsets)
+        self.strength = [PARAGRAPH] + [0] * (self.n - 1) + [PARAGRAPH]  # 0: inside a word
+        self.line = [True] + [False] * (self.n - 1) + [True]  # the cut is a line end
+        for i in range(1, self.n):
+            gap = text[offsets[i - 1][1]:offsets[i][0]]
+            if not any(ch.isspace() for ch in gap):
+                continue
+            last = offsets[i - 1][1] - 1
+            while last > 0 and text[last] in _CLOSERS:
+                last -= 1
+            after_sentence = text[last] in _SENTENCE_ENDS
+            newlines = gap.count("\n")
+            self.line[i] = newlines > 0
+            self.strength[i] = (PARAGRAPH if newlines > 1 else LINE_AFTER_SENTENCE if newlines and after_sentence
+                                else LINE if newlines else SENTENCE if after_sentence else WORD)
+        self.line_start = _last_where(self.line)  # line_start[i]: the last line end at or before cut i
+        self.line_end = _next_where(self.line)
+        sentence = [strength >= SENTENCE for strength in self.strength]
+        self.sentence_start, self.sentence_end = _last_where(sentence), _next_where(sentence)
+        self.word_end = _next_where([strength >= WORD for strength in self.strength])
+
+    def end(self, start: int, max_tokens: int) -> int:
+        """Where the window from token `start` ends: the latest of the strongest cuts in its second half, else the
+        latest word end before that, else (one word fills the window) inside the word."""
+        limit, half = start + max_tokens, start + max(1, max_tokens // 2)
+        best = None
+        for i in range(limit, half - 1, -1):
+            if self.strength[i] > (self.strength[best] if best is not None else 0):
+                best = i
+        if best is not None:
+            return best
+        word = next((i for i in range(half - 1, start, -1) if self.strength[i]), None)
+        if word is not None:
+            return word
+        return next((i for i in range(limit, start, -1) if self._beside_punctuation(i)), limit)
+
+    def _beside_punctuation(self, i: int) -> bool:
+        """Cut i lies inside a word but next to punctuation (`-`, `_`, `/`...), where tokenizers split anyway."""
+        before, after = self.text[self.offsets[i - 1][1] - 1], self.text[self.offsets[i][0]]
+        return not (before.isalnum() and after.isalnum())
+
+    def next_start(self, start: int, end: int, max_tokens: int, overlap: int) -> int:
+        """Where the window after [start, end) begins: at the start of the line (or sentence) that `end` cut, when
+        fits in a window; otherwise at the earliest of the strongest boundaries within `overlap` pieces before `end`
+        (no earlier than lets the line or sentence that begins at `end` fit whole in the next window, and no weaker
+        than the cut: after a line end only whole lines are repeated, after a sentence end whole sentences)."""
+        if not self.strength[end]:
+            return end  # inside a word longer than a window: carry on where the cut was
+        if not self.line[end]:
+            line = self.line_start[end]
+            if line > start and self.line_end[end] - line <= max_tokens:
+                return line
+            sentence = self.sentence_start[end]
+            if self.strength[end] < SENTENCE and sentence > start and self.sentence_end[end] - sentence <= max_tokens:
+                return sentence
+        word = self.word_end[end + 1]
+        if word - end > max_tokens:
+            return end  # a word longer than a window follows: it starts the next one
+        lowest = max(start + 1, end - overlap, word - max_tokens)
+        following = (self.line_end if self.line[end] else self.sentence_end)[end + 1]  # the unit `end` begins
+        if following - end <= max_tokens:  # overlap no more than lets that unit fit whole behind it
+            lowest = max(lowest, following - max_tokens)
+        least = min(self.strength[end], LINE)  # after a line end, repeat whole lines; after a sentence, sentences
+        best = None
+        for i in range(lowest, end):
+            if self.strength[i] >= least and (best is None or self.strength[i] > self.strength[best]):
+                best = i
+        return end if best is None else best
+
+    def chars(self, start: int, end: int) -> tuple[int, int] | None:
+        """The characters of tokens [start, end), with what the tokenizer skipped inside their words, trimmed."""
+        text, offsets = self.text, self.offsets
+        first = 0 if start == 0 else offsets[start][0]
+        while start and first > offsets[start - 1][1] and not text[first - 1].isspace():
+            first -= 1
+        last = len(text) if end == self.n else offsets[end - 1][1]
+        while end < self.n and last < offsets[end][0] and not text[last].isspace():
+            last += 1
+        while first < last and text[first].isspace():
+            first += 1
+        while last > first and text[last - 1].isspace():
+            last -= 1
+        return (first, last) if first < last else None
+
+
+def _pieces(tokenizer, text: str, span: tuple[int, int] | None) -> int:
+    return len(tokenizer.encode(text[span[0]:span[1]], add_special_tokens=False).ids) if span else 0
+
+
+def _last_where(flags: list[bool]) -> list[int]:
+    """For each index, the last index at or before it where `flags` is true (flags[0] must be true)."""
+    out, last = [], 0
+    for i, flag in enumerate(flags):
+        last = i if flag else last
+        out.append(last)
+    return out
+
+
+def _next_where(flags: list[bool]) -> list[int]:
+    """For each index, the first index at or after it where `flags` is true (flags[-1] must be true)."""
+    out, following = [0] * len(flags), len(flags) - 1
+    for i in range(len(flags) - 1, -1, -1):
+        following = i if flags[i] else following
+        out[i] = following
+    return out

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
+from html.parser import HTMLParser
 from pathlib import Path
 
 
@@ -168,14 +170,31 @@ def _parse_unstructured(path: Path, suffix: str) -> list[Section]:
 
                 elements = partition_md(text=text)
             else:
-                from unstructured.partition.text import partition_text
-
-                elements = partition_text(text=text)
+                elements = _text_elements(text)
     except ParseError:
         raise
     except Exception as exc:
         raise ParseError(f"cannot parse {suffix[1:].upper()} file: {_first_line(exc)}") from exc
     return _sections(elements)
+
+
+def _text_elements(text: str) -> list:
+    """Plain text: one element per paragraph (lines between blank lines) with its line ends kept.
+
+    unstructured's `partition_text` either splits every line into an element of its own (and takes short lines of
+    facts or wrapped prose for titles) or, in files with blank lines, joins the lines of a paragraph into one,
+    losing the line ends of lists, logs and key-value lines. Here only a paragraph of one line can be a title.
+    """
+    from unstructured.documents.elements import Text
+    from unstructured.partition.text import element_from_text
+
+    elements = []
+    for paragraph in re.split(r"\n[ \t\r\f\v]*\n", text):
+        paragraph = "\n".join(line.rstrip() for line in paragraph.strip().splitlines())
+        if paragraph:
+            element = element_from_text(paragraph) if "\n" not in paragraph else Text(text=paragraph)
+            elements.append(element)
+    return elements
 
 
 def _sections(elements) -> list[Section]:
@@ -193,7 +212,7 @@ def _sections(elements) -> list[Section]:
     untold: tuple[int, str] | None = None  # the last title, while no body has followed it yet
 
     for element in elements:
-        text = (element.text or "").strip()
+        text = _element_text(element)
         if not text:
             continue
         element_page = getattr(element.metadata, "page_number", None)
@@ -221,6 +240,44 @@ def _sections(elements) -> list[Section]:
     if not sections:
         raise ParseError("no extractable text")
     return sections
+
+
+def _element_text(element) -> str:
+    """An element's text; a table's is one line per row (cells joined by ` | `), so that rows stay lines."""
+    html = getattr(element.metadata, "text_as_html", None) if element.category == "Table" else None
+    return (_table_lines(html) if html else "") or (element.text or "").strip()
+
+
+def _table_lines(html: str) -> str:
+    parser = _TableRows()
+    parser.feed(html)
+    return "\n".join(" | ".join(cell for cell in row if cell) for row in parser.rows if any(row))
+
+
+class _TableRows(HTMLParser):
+    """The cell texts of each `<tr>` of an HTML table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            if not self.rows:
+                self.rows.append([])
+            self.rows[-1].append(" ".join("".join(self.cell).split()))
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
 
 
 def _first_line(exc: BaseException) -> str:
