@@ -25,6 +25,7 @@ class Settings:
     chunk_overlap: int = 32
     embed_batch_size: int = 32
     embed_workers: int = 0  # embedding processes; 0: one per core (up to 4) for ingests of 1 MiB or more
+    max_file_mb: int = 256  # larger files are refused, never loaded whole into memory
     # the LLM
     base_url: str | None = None
     api_key: str | None = None
@@ -45,6 +46,7 @@ class Settings:
             "store": Path(_env("ANALYZE_STORE", str(cls.store))),
             "embedder": _env("ANALYZE_EMBEDDER", DEFAULT_EMBEDDER),
             "embed_workers": int(_env("ANALYZE_EMBED_WORKERS", "0")),
+            "max_file_mb": int(_env("ANALYZE_MAX_FILE_MB", str(cls.max_file_mb))),
             "base_url": _env("OPENAI_BASE_URL"),
             "api_key": _env("OPENAI_API_KEY"),
             "model": _env("ANALYZE_MODEL", cls.model),
@@ -59,6 +61,14 @@ class Settings:
             if value is not None:
                 env[key] = Path(value) if key == "store" else value
         return cls(**env)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        """Every setting but the key, which shows only whether one is set."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["api_key"] = None if self.api_key is None else "[hidden]"
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    __str__ = __repr__
 
     def with_(self, **changes: object) -> "Settings":
         return replace(self, **changes)

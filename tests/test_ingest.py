@@ -125,47 +125,42 @@ def test_chunks_longer_than_the_model_are_refused(corpus, settings, embedder):
 
 
 KILLER = textwrap.dedent("""
-    import multiprocessing, os, signal, sys
+    import sys
     import pipeline.ingest.local as ingest
     from pipeline.config import Settings
-    from pipeline.archive.store import Archive
-    ingest.WRITE_BATCH = ingest.EMBED_BATCH = 1
-    calls = {"n": 0}
-    original = Archive.write
-    def write(self, rows, *, replace_sources, documents):
-        calls["n"] += 1
-        if calls["n"] == int(sys.argv[3]):
-            print(*[p.pid for p in multiprocessing.active_children()], flush=True)  # embedding workers
-        if calls["n"] == int(sys.argv[3]) and sys.argv[4] == "before":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if replace_sources:
-            self.chunks.delete("source IN ({})".format(", ".join("'%s'" % s for s in replace_sources)))
-        if rows is not None and rows.num_rows:
-            self.chunks.add(rows)
-        if calls["n"] == int(sys.argv[3]) and sys.argv[4] == "mid":
-            os.kill(os.getpid(), signal.SIGKILL)  # chunks landed, their document rows did not
-        original(self, None, replace_sources=[], documents=documents)
-    Archive.write = write
-    ingest.ingest_directory(sys.argv[1], Settings.from_env(store=sys.argv[2], embed_workers=int(sys.argv[5])),
+    ingest.WRITE_BATCH = ingest.EMBED_BATCH = 1  # many small writes, so there are many moments to die at
+    ingest.ingest_directory(sys.argv[1], Settings.from_env(store=sys.argv[2], embed_workers=int(sys.argv[3])),
                             progress=False)
 """)
 
 
-@pytest.mark.parametrize("when, at, workers", [("mid", 3, 1), ("before", 5, 1), ("mid", 4, 2)])
-def test_sigkill_then_rerun_equals_a_clean_run(corpus, tmp_path, embedder, when, at, workers):
+@pytest.mark.parametrize("fault, workers", [
+    ("store.write.added@3", 1),  # inside the real Archive.write: chunks landed, their document rows did not
+    ("store.write.deleted@3", 1),  # old chunks of a document deleted, its new ones not yet added
+    ("store.write@5", 1),  # between two writes
+    ("store.write.added@4", 2),  # with embedding workers running
+])
+def test_sigkill_then_rerun_equals_a_clean_run(corpus, tmp_path, embedder, fault, workers):
+    """Killed at a fault point inside the real write path, the rerun (which must not find the dead writer's
+    lock held) leaves exactly what a clean run leaves; the embedding workers die with the killed process."""
     write_pdf(corpus / "long.pdf", [f"Page {i} describes valve {i} and its torque of {i * 3} Nm." for i in range(1, 9)])
     clean = Settings.from_env(store=tmp_path / "clean")
     ingest_directory(corpus, clean, progress=False, embedder=embedder)
 
     crashed = tmp_path / "crashed"
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)}
-    proc = subprocess.run([sys.executable, "-c", KILLER, str(corpus), str(crashed), str(at), when, str(workers)],
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent), "PAGEFAULT_FAULT": f"{fault}=kill"}
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(corpus), str(crashed), str(workers)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    workers_pids = [int(pid) for pid in proc.stdout.split()]
+    said = [line for line in proc.stderr.splitlines() if line.startswith(f"fault point {fault}: SIGKILL pid ")]
+    assert said, proc.stderr[-2000:]
+    pid = int(said[0].split("SIGKILL pid ")[1].split(";")[0])
+    workers_pids = [int(p) for p in said[0].split("children:")[1].split()]
     assert len(workers_pids) == (workers if workers > 1 else 0)
     assert all(gone(pid, within=20) for pid in workers_pids), "embedding workers outlived their killed parent"
-    ingest_directory(corpus, Settings.from_env(store=crashed), progress=False, embedder=embedder)
+    assert f'"pid": {pid}' in (crashed / ".pagefault.lock").read_text()  # it held the lock when it died
+    assert snapshot(crashed) != snapshot(clean.store)  # the kill left the store part-written
+    ingest_directory(corpus, Settings.from_env(store=crashed), progress=False, embedder=embedder)  # wait=0
     assert snapshot(crashed) == snapshot(clean.store)
 
 

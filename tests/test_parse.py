@@ -115,9 +115,10 @@ def test_discover_skips_hidden_and_survives_symlink_loops(tmp_path):
     (tmp_path / ".hidden.md").write_text("x")
     (tmp_path / "image.png").write_bytes(b"x")
     (tmp_path / "docs" / "loop").symlink_to(tmp_path)
-    supported, unsupported = discover(tmp_path)
-    assert [p.as_posix() for p in supported] == ["docs/a.pdf", "docs/b.TXT"]
-    assert [p.as_posix() for p in unsupported] == ["image.png"]
+    found = discover(tmp_path)
+    assert [p.as_posix() for p in found.supported] == ["docs/a.pdf", "docs/b.TXT"]
+    assert [p.as_posix() for p in found.unsupported] == ["image.png"]
+    assert found.unusable == []
 
 
 def test_short_lines_taken_for_titles_are_not_lost(tmp_path):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
+
+from pipeline.files import atomic_write, utc_now
 
 CHUNKS = "chunks"
 DOCUMENTS = "documents"
@@ -56,7 +56,8 @@ def chunk_schema(dim: int) -> pa.Schema:
 
 
 DOCUMENT_SCHEMA = pa.schema([
-    pa.field("path", pa.string()),
+    pa.field("path", pa.string()),  # printable: bytes of the name that are not UTF-8 appear as \xNN escapes
+    pa.field("path_bytes", pa.binary()),  # the name's own bytes (os.fsencode), so nothing about it is lost
     pa.field("sha256", pa.string()),
     pa.field("size", pa.int64()),
     pa.field("mtime_ns", pa.int64()),
@@ -89,6 +90,4 @@ def check_format(path: Path | str, meta: StoreMeta) -> None:
 
 
 def write_meta(path: Path | str, meta: StoreMeta) -> None:
-    tmp = Path(path) / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(asdict(meta) | {"written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
-    os.replace(tmp, Path(path) / META_FILE)
+    atomic_write(Path(path) / META_FILE, json.dumps(asdict(meta) | {"written_at": utc_now()}))

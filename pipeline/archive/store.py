@@ -8,12 +8,15 @@ from typing import Any
 import lancedb
 import pyarrow as pa
 
-from pipeline.archive.schema import (CHUNKS, DOCUMENT_SCHEMA, DOCUMENTS, SEARCH_COLUMN, StoreError, StoreMeta,
-                                     check_format, chunk_schema, read_meta, write_meta)
+from pipeline.archive.lock import LOCK_FILE
+from pipeline.archive.schema import (CHUNKS, DOCUMENT_SCHEMA, DOCUMENTS, META_FILE, SEARCH_COLUMN, StoreError,
+                                     StoreMeta, check_format, chunk_schema, read_meta, write_meta)
 from pipeline.archive.search import search_chunks
+from pipeline.faults import fault_point
 from pipeline.types import SearchResult
 
 VECTOR_INDEX_MIN_ROWS = 50_000  # below this a flat scan is faster than an IVF index pays back
+OUR_TABLES = (CHUNKS, DOCUMENTS)  # the only tables pagefault creates, and so the only ones it ever drops
 
 
 def sql_str(value: str) -> str:
@@ -53,18 +56,25 @@ class Archive:
     @classmethod
     def create(cls, path: Path | str, meta: StoreMeta, *, embedder=None, rebuild: bool = False) -> "Archive":
         """Open a store for ingest, creating it if needed. Other settings or another store format are an error
-        unless `rebuild`, which drops what is there: old and new chunks never mix."""
+        unless `rebuild`, which drops pagefault's own tables: old and new chunks never mix.
+
+        A path that is a file, a non-empty directory that is not a pagefault store, or a store holding tables
+        pagefault did not create is refused (`StoreError`) and left untouched, `rebuild` or not.
+        """
         path = Path(path)
+        check_ours(path)
         existing = read_meta(path)
         if existing is not None and existing != meta and not rebuild:
             check_format(path, existing)
             raise StoreError("the store at {} was built with other settings ({}); rerun with --rebuild to "
                              "re-embed everything".format(path, "; ".join(existing.mismatch(meta))))
         path.mkdir(parents=True, exist_ok=True)
+        if existing is None:  # first of all, so that from its first table on the directory is recognisably ours
+            write_meta(path, meta)
         db = lancedb.connect(str(path))
-        names = set(db.list_tables().tables)
+        names = table_names(path)
         if rebuild or existing != meta:
-            for name in (CHUNKS, DOCUMENTS):
+            for name in OUR_TABLES:
                 if name in names:
                     db.drop_table(name)
             names = set()
@@ -72,6 +82,9 @@ class Archive:
             db.create_table(CHUNKS, schema=chunk_schema(meta.dim))
         if DOCUMENTS not in names:
             db.create_table(DOCUMENTS, schema=DOCUMENT_SCHEMA)
+        elif "path_bytes" not in db.open_table(DOCUMENTS).schema.names:  # format 2 as first landed, without it
+            raise StoreError(f"the store at {path} has an older format 2 layout; rebuild it with "
+                             "`analyze ingest DIR --rebuild`")
         write_meta(path, meta)
         return cls(path, db, meta, embedder=embedder)
 
@@ -105,16 +118,63 @@ class Archive:
         A document row marked ok is written only after all its chunks, and its old chunks are always deleted
         before new ones land, so a crash at any moment leaves nothing that a rerun would duplicate.
         """
+        fault_point("store.write")
         if replace_sources:
             self.chunks.delete(f"source IN ({', '.join(map(sql_str, replace_sources))})")
+            fault_point("store.write.deleted")
         if chunk_rows is not None and chunk_rows.num_rows:
             if chunk_rows.column(SEARCH_COLUMN).null_count:
                 raise ValueError(f"chunk rows without {SEARCH_COLUMN}: it is what search embeds and indexes")
             self.chunks.add(chunk_rows)
+            fault_point("store.write.added")  # chunks landed, their document rows not yet
         if documents:
             table = pa.Table.from_pylist(documents, schema=DOCUMENT_SCHEMA)
             (self.documents.merge_insert("path").when_matched_update_all().when_not_matched_insert_all()
              .execute(table))
+
+    def duplicates(self) -> dict[str, int]:
+        """Rows beyond the first for each chunk id and each document path (left by writers that overlapped
+        before the store had a writer lock); all zero in a healthy store."""
+        ids = self.chunks.to_arrow().select(["chunk_id"])["chunk_id"]
+        paths = self.documents.to_arrow().select(["path"])["path"]
+        return {"chunks": len(ids) - len(ids.unique()), "documents": len(paths) - len(paths.unique())}
+
+    def repair_duplicates(self) -> dict[str, int]:
+        """Keep one row per chunk id and per document path; returns how many extra rows there were.
+
+        Crash-safe: the document rows of the affected files (their commit points) go first, so a crash in
+        between leaves those files looking new to the next ingest, which replaces their chunks.
+        """
+        found = self.duplicates()
+        if not any(found.values()):
+            return found
+        listing = self.chunks.to_arrow().select(["chunk_id", "source"]).to_pylist()
+        seen: set[str] = set()
+        sources: set[str] = set()
+        for row in listing:
+            if row["chunk_id"] in seen:
+                sources.add(row["source"])
+            seen.add(row["chunk_id"])
+        latest: dict[str, dict[str, Any]] = {}
+        repeated: set[str] = set()
+        for row in self.documents.to_arrow().to_pylist():
+            old = latest.get(row["path"])
+            if old is not None:
+                repeated.add(row["path"])
+            if old is None or (row["ingested_at"] or "") >= (old["ingested_at"] or ""):
+                latest[row["path"]] = row
+        affected = sorted(sources | repeated)
+        self.documents.delete(f"path IN ({', '.join(map(sql_str, affected))})")
+        rows = None
+        if sources:
+            stored = (self.chunks.search().where(f"source IN ({', '.join(map(sql_str, sorted(sources)))})")
+                      .limit(None).to_arrow())
+            first: dict[str, int] = {}
+            for index, chunk_id in enumerate(stored["chunk_id"].to_pylist()):
+                first.setdefault(chunk_id, index)
+            rows = stored.select(chunk_schema(self.meta.dim).names).take(sorted(first.values()))
+        self.write(rows, replace_sources=sorted(sources), documents=[latest[p] for p in affected])
+        return found
 
     def delete_documents(self, paths: list[str]) -> None:
         if paths:
@@ -144,3 +204,25 @@ class Archive:
     def search(self, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult:
         """Page `page` (0-based) of `top_k` hits for `query`, with the total of matches (see `search_chunks`)."""
         return search_chunks(self.chunks, self.embedder, query, mode=mode, top_k=top_k, page=page)
+
+
+def table_names(path: Path) -> set[str]:
+    """The LanceDB tables in the local store directory `path`."""
+    return {entry.name[:-len(".lance")] for entry in Path(path).glob("*.lance")}
+
+
+def check_ours(path: Path) -> None:
+    """`StoreError` unless `path` is free for a store, or a store pagefault made holding only its own tables."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"--store {path} is a file, not a store directory; choose another --store")
+    if not path.is_dir():
+        return
+    if not (path / META_FILE).exists():
+        if any(entry.name not in (LOCK_FILE, META_FILE + ".tmp") for entry in path.iterdir()):
+            raise StoreError(f"--store {path} is a non-empty directory that is not a pagefault store (no {META_FILE});"
+                             " refusing to touch it: choose another --store")
+        return
+    foreign = sorted(table_names(path) - set(OUR_TABLES))
+    if foreign:
+        raise StoreError(f"the store at {path} holds tables pagefault did not create ({', '.join(foreign)}); "
+                         "refusing to touch it: move them out or choose another --store")

@@ -13,7 +13,7 @@ from pipeline.cli import store_option
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(store: str, as_json: bool) -> None:
-    """Summarize the store: documents, chunks, failures, embedder, chunk settings, LanceDB version."""
+    """Summarize the store: documents, chunks, failures, duplicates, embedder, chunk settings, LanceDB version."""
     from importlib.metadata import version
 
     from pipeline.archive.store import Archive, StoreError
@@ -31,6 +31,7 @@ def command(store: str, as_json: bool) -> None:
         "chunk_overlap": archive.meta.chunk_overlap, "table_version": archive.version,
         "indexes": sorted(i.name for i in archive.chunks.list_indices()), "lancedb": version("lancedb"),
         "failures": [{"path": d["path"], "error": d["error"]} for d in failed],
+        "duplicates": archive.duplicates(),
     }
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -41,5 +42,8 @@ def command(store: str, as_json: bool) -> None:
     click.echo(f"embedder   {info['embedder']} ({info['dim']} dims); chunks of {info['chunk_tokens']} tokens, "
                f"overlap {info['chunk_overlap']}")
     click.echo(f"indexes    {', '.join(info['indexes']) or 'none'}")
+    if any(info["duplicates"].values()):
+        click.echo(f"duplicates {info['duplicates']['chunks']} chunk rows and {info['duplicates']['documents']} "
+                   "document rows repeat an id: run `analyze ingest DIR --repair`")
     for failure in info["failures"]:
         click.echo(f"failed     {failure['path']}: {failure['error']}")

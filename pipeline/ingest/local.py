@@ -21,8 +21,9 @@ from pipeline.config import Settings
 from pipeline.ingest.chunk import Chunk, chunk_sections
 from pipeline.ingest.embed import EmbedPool, available_cores
 from pipeline.ingest.parse import parse
-from pipeline.ingest.plan import (EXIT_FAILURES, IngestReport, Todo, begin, chunk_row, document_row, embedder_for,
-                                  failed_row, failure_reason, finish)
+from pipeline.ingest.plan import (CHANGED_WHILE_READ, EXIT_FAILURES, IngestReport, Todo, begin,
+                                  changed_since_planned, chunk_row, document_row, embedder_for, failed_row,
+                                  failure_reason, finish, writing)
 
 __all__ = ["EXIT_FAILURES", "IngestReport", "embed_workers", "ingest_directory"]
 
@@ -33,20 +34,25 @@ MAX_AUTO_WORKERS = 4  # embedding processes used by default (each holds a model 
 
 
 def ingest_directory(root: Path, settings: Settings, *, progress: bool = True, rebuild: bool = False,
-                     embedder=None, on_failure: Callable[[str, str], None] | None = None) -> IngestReport:
+                     repair: bool = False, wait: float = 0.0, embedder=None,
+                     on_failure: Callable[[str, str], None] | None = None) -> IngestReport:
     """Bring the store at `settings.store` in line with the files under `root`.
 
     Unchanged files (same size and mtime, or same sha256) are skipped without parsing; changed files have their
     chunks replaced; files gone from `root` are deleted. Bad files are recorded as failed with a one-line reason
-    (also passed to `on_failure`) and the rest still lands.
+    (also passed to `on_failure`) and the rest still lands. `repair` first removes duplicate rows.
+
+    The whole run holds the store's writer lock: another writer raises `StoreLocked` at once, or after waiting
+    up to `wait` seconds. A store that is not ours raises `StoreError` and is left untouched.
     """
     started = time.perf_counter()
     report = IngestReport()
-    embedder = embedder or embedder_for(settings)
-    archive, plan = begin(root, settings, embedder, report, rebuild=rebuild)
-    if plan.todo:
-        _process(plan.todo, archive, embedder, settings, report, progress)
-    finish(archive, plan, report, on_failure)
+    with writing(settings, wait=wait):
+        embedder = embedder or embedder_for(settings)
+        archive, plan = begin(root, settings, embedder, report, rebuild=rebuild, repair=repair)
+        if plan.todo:
+            _process(plan.todo, archive, embedder, settings, report, progress)
+        finish(archive, plan, report, on_failure)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -121,9 +127,11 @@ class _Stream:
                             self._submit(self.unembedded[:EMBED_BATCH], documents=True)
                             del self.unembedded[:EMBED_BATCH]
                 except Exception as exc:  # a bad file, or a parser bug on one file, must not sink the corpus
-                    self._fail(item, failure_reason(exc))
+                    self._fail(item, failure_reason(exc), retry=isinstance(exc, OSError))
                 else:
-                    if chunks:
+                    if changed_since_planned(item):
+                        self._fail(item, CHANGED_WHILE_READ, retry=True)
+                    elif chunks:
                         self._done(item, pages, chunks)
                     else:
                         self._fail(item, "no extractable text")
@@ -149,14 +157,14 @@ class _Stream:
         self.report.done(item, pages, chunks)
         self.finished.append(document_row(item, pages, chunks))
 
-    def _fail(self, item: Todo, reason: str) -> None:
+    def _fail(self, item: Todo, reason: str, *, retry: bool = False) -> None:
         self.report.failures.append((item.rel, reason))
         self.failed.add(item.rel)
         self.unembedded = [(i, c) for i, c in self.unembedded if i.rel != item.rel]
         self.pending = [row for row in self.pending if row["source"] != item.rel]
         if item.rel in self.cleared:  # chunks of it already written: delete them again
             self.to_clear.append(item.rel)
-        self.finished.append(failed_row(item.rel, item.path, item.sha, reason))
+        self.finished.append(failed_row(item.raw, item.path, item.sha, reason, retry=retry))
 
     def _submit(self, pairs: list[tuple[Todo, Chunk]], *, documents: bool) -> None:
         """Send the chunks without a reusable vector to the model; `documents`: the finished rows go along."""

@@ -7,19 +7,23 @@ unsupported recorded as failed), processes `plan.todo` its own way, writing each
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
+from pipeline.archive.lock import writer_lock
 from pipeline.archive.schema import SEARCH_COLUMN, StoreMeta, read_meta
-from pipeline.archive.store import Archive
+from pipeline.archive.store import Archive, check_ours
 from pipeline.config import Settings
+from pipeline.files import utc_now
 from pipeline.ingest.chunk import Chunk
-from pipeline.ingest.discover import discover, sha256_file
+from pipeline.ingest.discover import discover, display_path, sha256_file
 from pipeline.ingest.parse import ParseError
 
 EXIT_FAILURES = 2  # `analyze ingest` exits with this when any file failed (the rest still landed)
@@ -37,6 +41,7 @@ class IngestReport:
     embedded: int = 0  # of which freshly embedded (the rest reused a stored vector of the same search text)
     seconds: float = 0.0
     embed_seconds: float = 0.0  # time spent embedding here, or waiting for the embedding workers
+    repaired: int = 0  # duplicate rows removed by --repair
 
     @property
     def failed(self) -> int:
@@ -47,15 +52,17 @@ class IngestReport:
         return self.chunks / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
+        repaired = f"; {self.repaired} duplicate rows removed" if self.repaired else ""
         return (f"{self.new} new, {self.changed} changed, {self.unchanged} unchanged, {self.removed} removed, "
                 f"{self.failed} failed files; {self.pages} pages, {self.chunks} chunks ({self.embedded} embedded) "
-                f"in {self.seconds:.1f}s, {self.chunks_per_s:.1f} chunks/s")
+                f"in {self.seconds:.1f}s, {self.chunks_per_s:.1f} chunks/s{repaired}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"new": self.new, "changed": self.changed, "unchanged": self.unchanged, "removed": self.removed,
                 "failed": self.failed, "failures": [{"path": p, "error": e} for p, e in self.failures],
                 "pages": self.pages, "chunks": self.chunks, "embedded": self.embedded,
-                "seconds": round(self.seconds, 3), "embed_seconds": round(self.embed_seconds, 3),
+                "repaired": self.repaired, "seconds": round(self.seconds, 3),
+                "embed_seconds": round(self.embed_seconds, 3),
                 "chunks_per_s": round(self.chunks_per_s, 2)}
 
     def done(self, item: "Todo", pages: int | None, chunks: int) -> None:
@@ -66,16 +73,13 @@ class IngestReport:
         self.chunks += chunks
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 @dataclass
 class Todo:
     """A new or changed file to parse, chunk and embed."""
 
-    rel: str
+    rel: str  # the printable path, the key of the file's rows
     path: Path
+    raw: bytes  # the path's own bytes (os.fsencode), kept as `path_bytes`
     sha: str
     stat: os.stat_result
     is_new: bool
@@ -85,27 +89,59 @@ class Todo:
 class Plan:
     todo: list[Todo]
     removed: list[str]
-    failed_rows: list[dict[str, Any]]  # unsupported files, recorded as failed
+    failed_rows: list[dict[str, Any]]  # unsupported and unreadable files, recorded as failed
     touched: list[dict[str, Any]]  # unchanged content with a new mtime: the row is refreshed
 
 
-def begin(root: Path, settings: Settings, embedder, report: IngestReport, *, rebuild: bool) -> tuple[Archive, Plan]:
-    """Open (or create) the store, plan the run, and apply what needs no parsing: removals, unsupported files,
-    refreshed mtimes. Raises FileNotFoundError for a missing `root`, StoreError for a store built otherwise."""
+@contextlib.contextmanager
+def writing(settings: Settings, *, wait: float = 0.0) -> Iterator[None]:
+    """Hold the store's writer lock for a whole ingest run (`StoreLocked` if another writer keeps it past `wait`
+    seconds). A store that is not ours is refused (`StoreError`) before the lock file is made in it."""
+    check_ours(Path(settings.store))
+    with writer_lock(settings.store, wait=wait):
+        yield
+
+
+def begin(root: Path, settings: Settings, embedder, report: IngestReport, *, rebuild: bool,
+          repair: bool = False) -> tuple[Archive, Plan]:
+    """Open (or create) the store, plan the run, and apply what needs no parsing: removals, unsupported and
+    unreadable files, refreshed mtimes; `repair` first removes duplicate rows. Call it inside `writing`.
+    Raises FileNotFoundError for a missing `root`, StoreError for a store built otherwise.
+
+    Each file is stat-ed and hashed on its own: whatever happens to one (it vanished, became a folder, cannot be
+    opened, is too large) fails that file alone."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"no such directory: {root}")
-    files, unsupported = discover(root)
+    found = discover(root)
     archive = Archive.create(settings.store, store_meta(settings, embedder), embedder=embedder, rebuild=rebuild)
+    if repair:
+        repaired = archive.repair_duplicates()
+        report.repaired = repaired["chunks"] + repaired["documents"]
     known = archive.document_rows()
 
     plan = Plan([], [], [], [])
-    for rel_path in files:
-        rel, path = rel_path.as_posix(), root / rel_path
-        stat = path.stat()
-        row = known.get(rel)
-        same = bool(row) and row["size"] == stat.st_size and row["mtime_ns"] == stat.st_mtime_ns
-        sha = None if same else sha256_file(path)
+
+    def fail(rel_path: Path, reason: str, *, retry: bool = False) -> None:
+        plan.failed_rows.append(failed_row(rel_path, root / rel_path, None, reason, retry=retry))
+        report.failures.append((display_path(rel_path), reason))
+
+    for rel_path in found.supported:
+        rel, path = display_path(rel_path), root / rel_path
+        try:
+            stat = os.stat(path)
+            if not S_ISREG(stat.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "not a regular file")
+            row = known.get(rel)
+            same = bool(row) and row["size"] == stat.st_size and row["mtime_ns"] == stat.st_mtime_ns
+            if not same and stat.st_size > settings.max_file_mb << 20:
+                fail(rel_path, f"too large ({stat.st_size / (1 << 20):,.0f} MiB; the limit is "
+                               f"{settings.max_file_mb} MiB, set by --max-file-mb)")
+                continue
+            sha = None if same else sha256_file(path)
+        except OSError as exc:
+            fail(rel_path, read_error(exc), retry=True)
+            continue
         if row and (same or row["sha256"] == sha):
             if row["status"] == "ok":  # a file that failed before fails again until it changes: say so again
                 report.unchanged += 1
@@ -114,13 +150,13 @@ def begin(root: Path, settings: Settings, embedder, report: IngestReport, *, reb
             if not same:
                 plan.touched.append(row | {"mtime_ns": stat.st_mtime_ns})
             continue
-        plan.todo.append(Todo(rel, path, sha, stat, is_new=row is None))
+        plan.todo.append(Todo(rel, path, os.fsencode(rel_path.as_posix()), sha, stat, is_new=row is None))
 
-    for rel_path in unsupported:
-        reason = f"unsupported file type {rel_path.suffix.lower() or '(no extension)'}"
-        plan.failed_rows.append(failed_row(rel_path.as_posix(), root / rel_path, None, reason))
-        report.failures.append((rel_path.as_posix(), reason))
-    present = {p.as_posix() for p in files} | {p.as_posix() for p in unsupported}
+    for rel_path in found.unsupported:
+        fail(rel_path, f"unsupported file type {rel_path.suffix.lower() or '(no extension)'}")
+    for rel_path, reason in found.unusable:
+        fail(rel_path, reason, retry=True)
+    present = {display_path(p) for p in [*found.supported, *found.unsupported, *(p for p, _ in found.unusable)]}
     plan.removed = sorted(set(known) - present)
     report.removed = len(plan.removed)
     archive.delete_documents(plan.removed)
@@ -138,7 +174,7 @@ def finish(archive: Archive, plan: Plan, report: IngestReport,
     for path, reason in report.failures:
         if on_failure:
             on_failure(path, reason)
-    if plan.todo or plan.removed or plan.failed_rows:
+    if plan.todo or plan.removed or plan.failed_rows or report.repaired:
         archive.refresh_indexes()
 
 
@@ -160,23 +196,57 @@ def failure_reason(exc: Exception) -> str:
     """The one line recorded for a file that could not be parsed."""
     if isinstance(exc, ParseError):
         return str(exc)
+    if isinstance(exc, OSError):
+        return read_error(exc)
     first = str(exc).splitlines()[0][:200] if str(exc) else ""  # a parser bug on one file must not sink the corpus
     return f"unexpected {type(exc).__name__}: {first}"
 
 
-def document_row(item: Todo, pages: int | None, chunks: int) -> dict[str, Any]:
-    return {"path": item.rel, "sha256": item.sha, "size": item.stat.st_size, "mtime_ns": item.stat.st_mtime_ns,
-            "pages": pages, "chunks": chunks, "status": "ok", "error": None, "ingested_at": now()}
+def read_error(exc: OSError) -> str:
+    """One line for a file that could not be read."""
+    if isinstance(exc, FileNotFoundError):
+        return "vanished before it could be read"
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder now, not a file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"cannot read: {exc.strerror or exc}"
 
 
-def failed_row(rel: str, path: Path, sha: str | None, reason: str) -> dict[str, Any]:
+def changed_since_planned(item: Todo) -> bool:
+    """Whether the file is gone or differs (size, mtime) from when it was hashed: what was read may be torn."""
     try:
-        stat = path.stat()
-        size, mtime = stat.st_size, stat.st_mtime_ns
+        now = os.stat(item.path)
     except OSError:
-        size, mtime = 0, 0
-    return {"path": rel, "sha256": sha or "", "size": size, "mtime_ns": mtime, "pages": None, "chunks": 0,
-            "status": "failed", "error": reason, "ingested_at": now()}
+        return True
+    return (now.st_size, now.st_mtime_ns) != (item.stat.st_size, item.stat.st_mtime_ns)
+
+
+CHANGED_WHILE_READ = "changed while being read (it is read again on the next run)"
+
+
+def document_row(item: Todo, pages: int | None, chunks: int) -> dict[str, Any]:
+    return {"path": item.rel, "path_bytes": item.raw, "sha256": item.sha, "size": item.stat.st_size,
+            "mtime_ns": item.stat.st_mtime_ns, "pages": pages, "chunks": chunks, "status": "ok", "error": None,
+            "ingested_at": utc_now()}
+
+
+def failed_row(rel_path: Path | bytes, path: Path, sha: str | None, reason: str, *,
+               retry: bool = False) -> dict[str, Any]:
+    """A `documents` row for a file that failed (`rel_path` as a path or as its own bytes). A permanent failure
+    (a corrupt PDF) keeps the file's size and mtime, so it stays failed until it changes; with `retry` (it
+    vanished, changed while read, could not be opened) the row matches no file, so the next run tries again."""
+    raw = rel_path if isinstance(rel_path, bytes) else os.fsencode(Path(rel_path).as_posix())
+    size, mtime = -1, -1
+    if not retry:
+        try:
+            stat = os.stat(path)
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            pass
+    return {"path": display_path(os.fsdecode(raw)), "path_bytes": raw, "sha256": sha or "", "size": size,
+            "mtime_ns": mtime, "pages": None, "chunks": 0, "status": "failed", "error": reason,
+            "ingested_at": utc_now()}
 
 
 def chunk_row(rel: str, chunk: Chunk, vector: Any) -> dict[str, Any]:
