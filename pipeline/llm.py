@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from pipeline.config import Settings
+from pipeline.redact import scrub
 
 if TYPE_CHECKING:
     import openai
@@ -97,6 +98,7 @@ class OpenAIChatClient:
         import openai
 
         base_url, api_key = resolve_endpoint(settings)
+        self._secrets = [settings.api_key]
         self.model = settings.model
         self.max_retries = settings.max_retries
         self._sleep = sleep
@@ -119,14 +121,15 @@ class OpenAIChatClient:
             try:
                 return _to_reply(self._client.chat.completions.create(**kwargs))
             except self._openai.APIConnectionError as exc:  # includes timeouts
-                problem, retry_after = f"{type(exc).__name__}: {exc.message}", None
+                problem, retry_after = self._clean(f"{type(exc).__name__}: {exc.message}"), None
             except self._openai.APIStatusError as exc:
-                problem = f"HTTP {exc.status_code}: {_error_text(exc)}"
+                problem = self._clean(f"HTTP {exc.status_code}: {_error_text(exc)}")
                 if exc.status_code != 429 and exc.status_code < 500:
-                    raise LLMError(f"the endpoint refused the request ({problem})") from exc
+                    raise LLMError(f"the endpoint refused the request ({problem})") from None
                 retry_after = retry_after_seconds(exc.response.headers)
             except self._openai.OpenAIError as exc:
-                raise LLMError(f"the endpoint's reply could not be read ({type(exc).__name__}: {exc})") from exc
+                raise LLMError(self._clean(f"the endpoint's reply could not be read ({type(exc).__name__}: {exc})")) \
+                    from None
             if attempt >= self.max_retries:
                 raise LLMError(f"gave up after {attempt + 1} attempts: {problem}")
             delay = backoff_seconds(attempt, retry_after)
@@ -134,6 +137,10 @@ class OpenAIChatClient:
                 self._on_retry(f"retry {attempt + 1}/{self.max_retries} in {delay:.1f}s after {problem}")
             self._sleep(delay)
             attempt += 1
+
+    def _clean(self, text: str) -> str:
+        """What the endpoint said, without the key or anything shaped like a secret (error bodies echo requests)."""
+        return scrub(text, self._secrets)
 
 
 def make_client(settings: Settings, *, on_retry: Callable[[str], None] | None = None) -> ChatClient:
@@ -146,8 +153,8 @@ def _error_text(exc: "openai.APIStatusError") -> str:
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])[:300]
-    return str(exc.message)[:300]
+            return scrub(str(inner["message"]))[:300]
+    return scrub(str(exc.message))[:300]
 
 
 def _to_reply(completion: Any) -> ChatReply:

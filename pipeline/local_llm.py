@@ -27,12 +27,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import click
 
 from pipeline.config import Settings
 from pipeline.gguf import DEFAULT_MODEL, MODELS, LocalLLMError, output_tail, resolve_model
+from pipeline.redact import SECRET_NAME
 
 LOCAL_EXTRA_HINT = "pip install '.[local]'  (or run `make demo`, which installs it)"
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
@@ -126,6 +127,19 @@ def _stop_all() -> None:
         server.stop()
 
 
+CHILD_ENV = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "PYTHONPATH",
+             "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"}
+CHILD_ENV_PREFIXES = ("LC_", "OMP_", "GGML_", "LLAMA_", "OPENBLAS_", "MKL_")
+
+
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables the llama.cpp server needs (paths, locale, thread and GPU settings) and nothing else: no
+    API keys or cloud credentials reach it. HOST, PORT, MODEL, CONFIG_FILE (which the server reads and which
+    would override our flags) are never passed."""
+    return {name: value for name, value in env.items()
+            if name in CHILD_ENV or (name.startswith(CHILD_ENV_PREFIXES) and not SECRET_NAME.search(name))}
+
+
 class LocalServer:
     """A child server process answering the OpenAI API on 127.0.0.1. Use as a context manager.
 
@@ -157,9 +171,7 @@ class LocalServer:
         """Launch the process and wait until `/v1/models` answers; LocalLLMError with its log tail if not."""
         if self.process is not None:
             raise RuntimeError("server already started")
-        child_env = dict(os.environ if self.env is None else self.env)
-        for var in ("HOST", "PORT", "MODEL", "CONFIG_FILE"):  # read by the server, would override our flags
-            child_env.pop(var, None)
+        child_env = child_environment(os.environ if self.env is None else self.env)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(_with_parent_death(self.command), stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=log, env=child_env, start_new_session=True)

@@ -51,6 +51,23 @@ def test_plain_output_is_the_answer_then_numbered_sources(clean_env, retriever):
     assert ", 3 a page)" in shown  # --top-k: at most 3 hits a page
 
 
+def test_document_text_reaches_the_terminal_escaped_and_json_unchanged(clean_env, monkeypatch):
+    evil = make_hit("e1", "The pump \x1b]0;owned\x07 is rated \x1b[2J for 42 bar.", source="bad\x1b[31m.pdf", page=1)
+    monkeypatch.setattr(ask, "open_archive", lambda store: FakeRetriever([evil]))
+    script = [tool_reply("archival_memory_search", {"query": "pump", "request_heartbeat": True}),
+              tool_reply("send_message", {"message": "Rated \x1b[2J for 42 bar\u202e.", "citations": ["e1"]})]
+    with FakeEndpoint.scripted(script) as endpoint:
+        shown = invoke(["Rating?", "--trace"], endpoint.base_url)
+    with FakeEndpoint.scripted(script) as endpoint:
+        as_json = invoke(["Rating?", "--json"], endpoint.base_url)
+    assert shown.exit_code == 0, shown.output
+    assert "\x1b" not in shown.output and "\x07" not in shown.output and "\u202e" not in shown.output
+    assert shown.stdout == "Rated \\x1b[2J for 42 bar\\u202e.\n\nSources:\n  [1] bad\\x1b[31m.pdf, page 1\n"
+    assert "send_message(message='Rated \\x1b[2J for 42 bar\\u202e.'" in shown.stderr  # the trace too
+    data = json.loads(as_json.stdout)
+    assert data["answer"] == "Rated \x1b[2J for 42 bar\u202e." and data["citations"][0]["source"] == "bad\x1b[31m.pdf"
+
+
 def test_json_output_and_trace_on_stderr(clean_env, retriever):
     with FakeEndpoint.scripted(ANSWER) as endpoint:
         result = invoke(["Rating?", "--json", "--trace", "--model", "my-model"], endpoint.base_url)

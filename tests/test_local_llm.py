@@ -212,6 +212,8 @@ STUB = textwrap.dedent('''
     if mode == "with-child":
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         print(f"child {child.pid}", file=sys.stderr, flush=True)
+    if mode == "env":
+        print("env " + json.dumps(sorted(os.environ)), file=sys.stderr, flush=True)
     print("stub: loading", file=sys.stderr, flush=True)
     if mode == "silent":
         time.sleep(600)
@@ -235,6 +237,19 @@ def _stub(tmp_path: Path) -> Path:
 def _server(tmp_path: Path, mode: str = "ok", **kwargs: object) -> LocalServer:
     port = free_port()
     return LocalServer([sys.executable, str(_stub(tmp_path)), str(port), mode], port, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_server_gets_only_the_environment_it_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"OPENAI_API_KEY": "sk-parent-secret-123456", "AWS_SECRET_ACCESS_KEY": "aws-secret-value",
+                        "GGML_API_TOKEN": "ggml-secret-value", "PORT": "1", "OMP_NUM_THREADS": "1",
+                        "LC_ALL": "C.UTF-8"}.items():
+        monkeypatch.setenv(name, value)
+    with _server(tmp_path, "env") as server:
+        names = set(json.loads(next(line for line in server.log_path.read_text().splitlines()
+                                    if line.startswith("env "))[4:]))
+    assert {"PATH", "OMP_NUM_THREADS", "LC_ALL"} <= names
+    assert not names & {"OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "GGML_API_TOKEN", "PORT"}
+    assert "secret" not in server.log_path.read_text()
 
 
 def _get(url: str) -> dict:

@@ -9,6 +9,7 @@ import click
 
 from pipeline.cli import context_window_option, store_option
 from pipeline.local_llm import llm_endpoint, llm_options
+from pipeline.terminal import safe
 from pipeline.types import Answer
 
 
@@ -26,7 +27,8 @@ EXIT_WITHHELD = 3
 
 
 def format_answer(result: Answer) -> str:
-    """The answer, a one-line warning when it is ungrounded, then numbered sources as `file, page N`."""
+    """The answer, a one-line warning when it is ungrounded, then numbered sources as `file, page N`, with control
+    characters escaped (`safe`)."""
     lines = [result.answer.strip() or "(no answer)"]
     if result.grounded is False and result.withheld is None:
         lines.append(f"Warning: not found in any retrieved chunk: {'; '.join(result.unsupported)}")
@@ -36,7 +38,7 @@ def format_answer(result: Answer) -> str:
             where = f", page {citation.page}" if citation.page is not None else ""
             inferred = " (inferred: the model cited nothing)" if citation.inferred else ""
             lines.append(f"  [{number}] {citation.source}{where}{inferred}")
-    return "\n".join(lines)
+    return safe("\n".join(lines))
 
 
 @click.command("ask")
@@ -77,7 +79,7 @@ def command(question: str, store: str, model: str | None, context_window: int | 
         raise click.UsageError("the question is empty")
     settings = Settings.from_env(store=store, model=model, context_window=context_window, tool_mode=tool_mode,
                                  max_steps=max_steps, top_k=top_k, strict=strict)
-    log = (lambda line: click.echo(line, err=True)) if trace else None
+    log = (lambda line: click.echo(safe(line), err=True)) if trace else None
     archive = open_archive(store)
     with llm_endpoint(settings, llm=llm, local_model=local_model, echo=lambda m: click.echo(m, err=True)) as settings:
         try:
