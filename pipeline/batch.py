@@ -13,8 +13,8 @@ them first, so every id appears exactly once).
 
 from __future__ import annotations
 
+import codecs
 import json
-import os
 import queue
 import re
 import sys
@@ -22,8 +22,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
+from pipeline.faults import fault_point
+from pipeline.files import atomic_write
+from pipeline.redact import scrub
 from pipeline.types import Answer
 
 AnswerFn = Callable[[str], Answer]
@@ -58,24 +61,47 @@ def key(record_id: object) -> str:
     return str(record_id)
 
 
-def read_questions(path: Path) -> tuple[list[Question], list[BadLine]]:
-    """Parse a `.txt` or `.jsonl` question file into questions and malformed lines (with line numbers)."""
+def read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    """(1-based line number, text) for each line of `path`; text is None for a line that is not UTF-8.
+
+    A UTF-8 byte-order mark at the start is dropped; lines end at `\\n` only (a stray `\\r` is removed).
+    """
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            yield number, raw.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError:
+            yield number, None
+
+
+def read_questions(path: Path, *, field: str = "question") -> tuple[list[Question], list[BadLine]]:
+    """Parse a `.txt` or `.jsonl` question file into questions and malformed lines (with line numbers).
+
+    The one reader of question files (`analyze batch`) and query files (`analyze search --queries`, where
+    `field` is "query"): `.txt` has one a line, the id being the line number; `.jsonl` has one object a line
+    with `id` and `field`. A line that is not UTF-8 is a malformed line ("not UTF-8").
+    """
     path = Path(path)
     if path.suffix not in (".txt", ".jsonl"):
         raise BatchInputError(f"{path}: unsupported question file type {path.suffix!r} (use .txt or .jsonl)")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = list(read_lines(path))
     except FileNotFoundError:
         raise BatchInputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BatchInputError(f"{path}: cannot read ({exc})") from None
+    except OSError as exc:
+        raise BatchInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     questions: list[Question] = []
     bad: list[BadLine] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
+    for number, line in lines:
+        if line is None:
+            bad.append(BadLine(number, "not UTF-8"))
+            continue
         if not line.strip():
             continue
-        parsed = _parse_txt(number, line) if path.suffix == ".txt" else _parse_jsonl(number, line)
+        parsed = _parse_txt(number, line) if path.suffix == ".txt" else _parse_jsonl(number, line, field)
         if isinstance(parsed, BadLine):
             bad.append(parsed)
         elif key(parsed.id) in seen:
@@ -90,7 +116,7 @@ def _parse_txt(number: int, line: str) -> Question:
     return Question(id=number, question=line.strip())
 
 
-def _parse_jsonl(number: int, line: str) -> Question | BadLine:
+def _parse_jsonl(number: int, line: str, field: str = "question") -> Question | BadLine:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -100,10 +126,10 @@ def _parse_jsonl(number: int, line: str) -> Question | BadLine:
     qid = obj.get("id")
     if isinstance(qid, bool) or not isinstance(qid, (int, str)) or key(qid).strip() == "":
         return BadLine(number, "missing or invalid 'id' (a string or an integer)")
-    text = obj.get("question")
+    text = obj.get(field)
     if not isinstance(text, str) or not text.strip():
-        return BadLine(number, "missing or empty 'question'", id=qid)
-    gold = {k: v for k, v in obj.items() if k not in ("id", "question", "answer", "answers")}
+        return BadLine(number, f"missing or empty {field!r}", id=qid)
+    gold = {k: v for k, v in obj.items() if k not in ("id", field, "answer", "answers")}
     answers = obj.get("answers", obj.get("answer"))
     if answers is not None:
         answers = answers if isinstance(answers, list) else [answers]
@@ -151,14 +177,8 @@ def load_output(out: Path, *, echo: Callable[[str], None] = lambda s: None, repa
 
 
 def rewrite_output(out: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Replace `out` with `records` atomically (temp file in the same directory, fsync, rename)."""
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
+    """Replace `out` with `records` atomically and durably (see `atomic_write`)."""
+    atomic_write(out, (json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 class RecordWriter:
@@ -171,6 +191,7 @@ class RecordWriter:
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
+            fault_point("batch.write")
             self._fh.write(line)
             self._fh.flush()
 
@@ -204,7 +225,8 @@ def answer_one(question: Question, answer_fn: AnswerFn, meta: dict[str, Any]) ->
     try:
         answer = answer_fn(question.question)
     except Exception as exc:  # isolation: one broken question must not end the batch
-        answer = Answer(question=question.question, answer="", status="error", error=f"{type(exc).__name__}: {exc}")
+        answer = Answer(question=question.question, answer="", status="error",
+                        error=scrub(f"{type(exc).__name__}: {exc}"))
     return make_record(question, answer, time.perf_counter() - started, meta)
 
 

@@ -7,7 +7,6 @@ then, when the local LLM's log is given, what the prompt cache saved in this run
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from pathlib import Path
@@ -67,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT, help="batch output (default outputs/demo.jsonl)")
     parser.add_argument("--log", type=Path, default=None, help="the local LLM server's log (ANALYZE_LLM_LOG)")
     args = parser.parse_args(argv)
+    from pipeline.batch import BatchInputError, load_output
+
     try:
-        records = [json.loads(line) for line in args.out.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError) as exc:
+        if not args.out.is_file():
+            raise FileNotFoundError("no such file")
+        records = load_output(args.out, repair=False)
+    except (OSError, BatchInputError) as exc:
         print(f"error: cannot read {args.out}: {exc}", file=sys.stderr)
         return 1
     for record in records:

@@ -324,6 +324,33 @@ def test_session_keeps_working_memory_and_conversation(tmp_path):
     assert "entry 7 = 47 bar" not in fresh.requests[0]["messages"][0]["content"]
 
 
+def test_a_torn_recall_line_is_repaired_and_damaged_state_is_one_clear_line(tmp_path):
+    settings = Settings(store=tmp_path / "archive")
+    folder = tmp_path / "sessions" / "s1"
+    first = ScriptedChatClient([text_reply("47 bar")])
+    assert answer("Pressure?", retriever=FakeRetriever(HITS), client=first, settings=settings, session="s1").status == "ok"
+    recall = folder / "recall.jsonl"
+    whole = recall.read_bytes()
+    recall.write_bytes(whole + b'{"role": "user", "content": "torn by a k')  # killed mid-append
+    again = ScriptedChatClient([text_reply("still 47 bar")])
+    result = answer("Again?", retriever=FakeRetriever(HITS), client=again, settings=settings, session="s1")
+    assert result.status == "ok", result.error
+    assert recall.read_bytes().startswith(whole) and b"torn by a k" not in recall.read_bytes()
+    assert all(json.loads(line) for line in recall.read_text().splitlines())
+
+    recall.write_bytes(whole + b"not json\n" + whole)
+    bad_line = whole.count(b"\n") + 1
+    broken = answer("Q?", retriever=FakeRetriever(HITS), client=ScriptedChatClient([]), settings=settings, session="s1")
+    assert broken.status == "error" and f"{recall}:{bad_line}: not a recall message" in broken.error
+    recall.write_bytes(whole)
+    for damage in (b'{"core": {"notes": "half', b"\xff\xfe[1, 2]", b"[1, 2]"):
+        (folder / "state.json").write_bytes(damage)
+        bad = answer("Q?", retriever=FakeRetriever(HITS), client=ScriptedChatClient([]), settings=settings,
+                     session="s1")
+        assert bad.status == "error" and "session state" in bad.error and "is damaged" in bad.error, bad.error
+        assert "\n" not in bad.error and "delete it or use another --session" in bad.error
+
+
 def test_bad_session_name_is_an_error_answer(tmp_path):
     result = answer("q", retriever=FakeRetriever(HITS), client=ScriptedChatClient([]),
                     settings=Settings(store=tmp_path / "a"), session="../x")

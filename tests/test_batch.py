@@ -89,15 +89,27 @@ def test_jsonl_gold_fields_and_malformed_lines_with_line_numbers(tmp_path: Path)
 
 
 @pytest.mark.parametrize("name, text, message", [
-    ("q.csv", "a,b\n", "unsupported"), ("missing.txt", None, "no such file"), ("q.txt", b"\xff\xfe\xfa", "cannot read")])
+    ("q.csv", "a,b\n", "unsupported"), ("missing.txt", None, "no such file"), ("folder.txt", "dir", "cannot read")])
 def test_unusable_question_files_raise_a_clear_error(tmp_path: Path, name: str, text, message: str) -> None:
     f = tmp_path / name
-    if isinstance(text, bytes):
-        f.write_bytes(text)
+    if text == "dir":
+        f.mkdir()
     elif text is not None:
         f.write_text(text)
     with pytest.raises(BatchInputError, match=message):
         read_questions(f)
+
+
+def test_a_bom_is_accepted_and_a_line_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "q.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": 1, "question": "Caf\u00e9?"}).encode() + b"\r\n"
+                  + b'{"id": 2, "question": "caf\xe9?"}\n' + json.dumps({"id": 3, "question": "Tea?"}).encode())
+    qs, bad = read_questions(f)
+    assert [(q.id, q.question) for q in qs] == [(1, "Caf\u00e9?"), (3, "Tea?")]
+    assert [(b.line, b.reason) for b in bad] == [(2, "not UTF-8")]
+    txt = tmp_path / "q.txt"
+    txt.write_bytes(b"\xef\xbb\xbfWhat is A?\n")
+    assert [q.question for q in read_questions(txt)[0]] == ["What is A?"]
 
 
 # ------------------------------------------------------------------------------------- records, summary
@@ -315,6 +327,34 @@ def test_cli_reports_malformed_lines_and_exits_1(tmp_path: Path, fake_agent: dic
     assert result.exit_code == 1
     assert f"{f}:2: missing or empty 'question'" in result.stderr
     assert sorted(ids_in(out)) == ["1", "2"]
+
+
+def test_cli_names_a_line_that_is_not_utf8(tmp_path: Path, fake_agent: dict) -> None:
+    f = tmp_path / "qs.txt"
+    f.write_bytes(b"\xef\xbb\xbfone\ntw\xf6\n")
+    result = CliRunner().invoke(main, ["batch", str(f), "-o", str(tmp_path / "o.jsonl"), "--no-progress"])
+    assert result.exit_code == 1 and f"{f}:2: not UTF-8 (recorded as an error)" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_full_disk_is_one_line_and_the_rerun_resumes(tmp_path: Path, fake_agent: dict,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.faults as faults
+
+    f = tmp_path / "qs.txt"
+    f.write_text("".join(f"question {n}\n" for n in range(1, 7)))
+    out = tmp_path / "o.jsonl"
+    monkeypatch.setattr(faults, "_reached", {})
+    monkeypatch.setenv(faults.ENV, "batch.write@3=enospc")  # the third record finds the disk full
+    full = CliRunner().invoke(main, ["batch", str(f), "-o", str(out), "--no-progress", "-c", "1"])
+    assert full.exit_code == 2, full.output
+    assert full.stderr.count("\n") == 1 and "No space left on device" in full.stderr
+    assert f"resume with the same command: analyze batch {f} -o {out}" in full.stderr
+    assert len(ids_in(out)) == 2  # what was written stays; nothing half-written
+    monkeypatch.delenv(faults.ENV)
+    again = CliRunner().invoke(main, ["batch", str(f), "-o", str(out), "--no-progress", "-c", "1"])
+    assert again.exit_code == 0, again.output
+    assert sorted(ids_in(out), key=int) == [str(n) for n in range(1, 7)]
 
 
 def test_cli_resume_pins_the_recorded_store_version(tmp_path: Path, fake_agent: dict) -> None:

@@ -44,16 +44,44 @@ def test_fts_total_counts_every_match(tiny_archive):
     assert tiny_archive.search("zyzzyva", mode="fts").total == 0
 
 
-def test_odd_queries_do_not_crash(tiny_archive):
-    for query in ['"unbalanced', "a:b OR (", "   ", "AND", "*"]:
-        tiny_archive.search(query, mode="hybrid")
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "fts"])
+def test_odd_queries_do_not_crash(tiny_archive, mode):
+    for query in ['"unbalanced pump', "pump:seals OR (", "AND pump", "pump*", "seals') --"]:
+        result = tiny_archive.search(query, mode=mode)
+        assert result.total >= len(result.hits) > 0, query  # each names a word of the corpus: it is found
+        assert all(hit.chunk_id and hit.source for hit in result.hits)
+    for blank in ["   ", "\t\n"]:
+        assert tiny_archive.search(blank, mode=mode).hits == []
+    assert tiny_archive.search("AND", mode="fts").total == 0  # a bare operator is a word, not a syntax error
 
 
-def test_version_pinning_reads_an_old_snapshot(tiny_archive):
+def test_version_pinning_reads_an_old_snapshot_while_a_writer_adds(tiny_archive, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
     from pipeline.archive.store import Archive
 
-    pinned = Archive.open(tiny_archive.path, version=tiny_archive.version, embedder=tiny_archive.embedder)
-    assert pinned.version == tiny_archive.version and pinned.count() == tiny_archive.count()
+    store = tmp_path / "archive"
+    shutil.copytree(tiny_archive.path, store)
+    writer = Archive.open(store, embedder=tiny_archive.embedder)
+    before, rows = writer.version, writer.count()
+    pinned = Archive.open(store, version=before, embedder=tiny_archive.embedder)
+    latest = Archive.open(store, embedder=tiny_archive.embedder)
+    latest.pin()  # pinned at the current version too, by default
+
+    extra = writer.chunks.to_arrow().slice(0, 1).to_pylist()[0]
+    zebra = "A zebra crossing was painted near the pump house."
+    extra |= {"chunk_id": "zebra-0", "text": zebra, "search_text": zebra}
+    writer.chunks.add(pa.Table.from_pylist([extra], schema=writer.chunks.schema))
+    writer.refresh_indexes()
+    assert writer.version > before
+
+    for reader in (pinned, latest):
+        assert reader.version == before and reader.count() == rows
+        assert reader.search("zebra", mode="fts").total == 0
+    fresh = Archive.open(store, embedder=tiny_archive.embedder)
+    assert fresh.count() == rows + 1 and fresh.search("zebra", mode="fts").hits[0].chunk_id == "zebra-0"
 
 
 def test_cli_search_json_and_queries_file(tiny_archive, tmp_path):
@@ -68,6 +96,12 @@ def test_cli_search_json_and_queries_file(tiny_archive, tmp_path):
     out = runner.invoke(main, ["search", "--queries", str(queries), "--store", str(tiny_archive.path), "-k", "1"])
     lines = [json.loads(line) for line in out.output.splitlines()]
     assert [(r["id"], r["hits"][0]["source"]) for r in lines] == [("a", "orbit.txt"), ("b", "menu.html")]
+
+    queries.write_bytes(b'\xef\xbb\xbf{"id": "a", "query": "Titan orbit"}\n{"id": "b", "query": "t\xe4rt"}\n'
+                        b'{"id": "c", "query": "lemon tart"}\n')
+    out = runner.invoke(main, ["search", "--queries", str(queries), "--store", str(tiny_archive.path), "-k", "1"])
+    assert out.exit_code == 1 and f"{queries}:2: not UTF-8" in out.stderr and "Traceback" not in out.output
+    assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == ["a", "c"]  # the BOM line is read
 
     text = runner.invoke(main, ["search", "pump", "--store", str(tiny_archive.path), "-k", "1", "--page", "1"])
     assert "Showing results 2-2 of" in text.output
@@ -120,3 +154,29 @@ def test_titles_are_searchable_in_every_mode(tiny_archive, title, source):
     for mode in ("fts", "hybrid"):
         top = tiny_archive.search(title, mode=mode, top_k=1).hits[0]
         assert top.source == source and title in top.heading and title not in top.text  # text stays for display
+
+
+def test_terminal_output_escapes_control_characters_json_keeps_them(tiny_archive, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    from pipeline.archive.store import Archive
+
+    store = tmp_path / "archive"
+    shutil.copytree(tiny_archive.path, store)
+    writer = Archive.open(store, embedder=tiny_archive.embedder)
+    row = writer.chunks.to_arrow().slice(0, 1).to_pylist()[0]
+    text = "Quokka report \x1b]0;owned\x07 \x1b[2J cleared \u202egnp.exe"
+    row |= {"chunk_id": "esc-0", "text": text, "search_text": text, "source": "evil\x1b[31m.pdf"}
+    writer.chunks.add(pa.Table.from_pylist([row], schema=writer.chunks.schema))
+    writer.refresh_indexes()
+
+    runner = CliRunner()
+    shown = runner.invoke(main, ["search", "quokka", "--mode", "fts", "--store", str(store)])
+    assert shown.exit_code == 0, shown.output
+    assert "\x1b" not in shown.output and "\x07" not in shown.output and "\u202e" not in shown.output
+    assert "Quokka report \\x1b]0;owned\\x07 \\x1b[2J cleared \\u202egnp.exe" in shown.output
+    assert "evil\\x1b[31m.pdf" in shown.output
+    hits = json.loads(runner.invoke(main, ["search", "quokka", "--mode", "fts", "--store", str(store), "--json"]).output)
+    assert hits[0]["text"] == text and hits[0]["source"] == "evil\x1b[31m.pdf"

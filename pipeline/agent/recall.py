@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.agent.paging import term_search
+from pipeline.files import utc_now
 
 Message = dict[str, Any]
 
@@ -19,11 +19,10 @@ class Recall:
         self.path = path
         self.messages: list[Message] = []
         if path is not None and path.exists():
-            with path.open(encoding="utf-8") as handle:
-                self.messages = [json.loads(line) for line in handle if line.strip()]
+            self.messages = load_recall(path)
 
     def add(self, message: Message) -> None:
-        record = {**message, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {**message, "time": utc_now()}
         self.messages.append(record)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,6 +32,29 @@ class Recall:
     def rank(self, query: str) -> list[int]:
         """Indices of the messages matching `query`, best first."""
         return term_search([render_message(m) for m in self.messages], query)
+
+
+def load_recall(path: Path) -> list[Message]:
+    """The messages in a recall file. A torn last line (a kill mid-append) is cut off the file, as batch does with
+    its output; any other damage is a `ValueError` naming the file and line."""
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut < len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(cut)
+        data = data[:cut]
+    messages = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            message = json.loads(line)
+        except ValueError:  # bad JSON or not UTF-8
+            message = None
+        if not isinstance(message, dict):
+            raise ValueError(f"{path}:{number}: not a recall message; delete the file or use another --session")
+        messages.append(message)
+    return messages
 
 
 def render_message(message: Message) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.files import atomic_write
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -36,12 +37,13 @@ class Session:
             raise OSError(f"cannot use session folder {self.directory}: {exc.strerror}") from exc
         path = self.directory / "state.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"session state {path} is damaged ({exc}); delete it or use another --session") from exc
+            state = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        except ValueError as exc:  # bad JSON or not UTF-8
+            raise ValueError(f"session state {path} is damaged ({exc}); delete it or use another --session") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"session state {path} is damaged (not an object); delete it or use another --session")
+        return state
 
     def save(self, state: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / "state.json.tmp"
-        tmp.write_text(json.dumps(state, ensure_ascii=False, indent=1), encoding="utf-8")
-        tmp.replace(self.directory / "state.json")
+        atomic_write(self.directory / "state.json", json.dumps(state, ensure_ascii=False, indent=1))

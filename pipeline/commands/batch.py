@@ -55,7 +55,7 @@ def _nothing_to_ask(question: str) -> Any:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]},
                epilog="Exit codes: 0 every question answered ok; 1 finished, but some records are errors "
                       "(including malformed input lines); 2 bad usage or input (unreadable FILE, no archive, "
-                      "no endpoint); 130 interrupted with Ctrl-C (rerun the same command to resume).")
+                      "no endpoint) or OUT cannot be written (a full disk); 130 interrupted with Ctrl-C (rerun the same command to resume).")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Output JSONL (default outputs/<FILE stem>.jsonl); rerunning with the same OUT resumes.")
@@ -134,6 +134,11 @@ def command(file: Path, out: Path | None, concurrency: int | None, rpm: float | 
                                bad_lines=bad, meta=meta, progress=progress)
     except click.ClickException as exc:  # no endpoint, no archive, no local model
         click.echo(f"Error: {exc.message}", err=True)
+        sys.exit(EXIT_USAGE)
+    except OSError as exc:  # a full disk: what was written stays, a torn last line is repaired on the rerun
+        resume = f"analyze batch {shlex.quote(str(file))} -o {shlex.quote(str(out))}"
+        click.echo(f"Error: cannot write {out}: {exc.strerror or exc}; free some space, then resume with the same "
+                   f"command: {resume} (plus your other options)", err=True)
         sys.exit(EXIT_USAGE)
     click.echo(format_summary(result.summary, out))
     if result.interrupted:

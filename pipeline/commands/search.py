@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
 from pipeline.cli import store_option
-
-
-def read_queries(path: Path) -> list[tuple[str, str]]:
-    """(id, query) pairs from a file: one query a line, or JSONL objects with `id` and `query`."""
-    pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                obj = json.loads(line)
-                pairs.append((str(obj.get("id", number)), str(obj["query"])))
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise click.ClickException(f"{path}:{number}: expected a JSON object with a 'query' ({exc})")
-        else:
-            pairs.append((str(number), line.strip()))
-    return pairs
 
 
 @click.command("search")
@@ -36,11 +20,13 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
 @click.option("--page", type=click.IntRange(0), default=0, show_default=True, help="0-based page of top-k hits.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of hits.")
 @click.option("--queries", "queries_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Run every query in FILE (one a line, or JSONL with id and query); prints JSONL.")
+              help="Run every query in FILE (.txt: one a line; .jsonl: objects with id and query); prints JSONL. "
+                   "Malformed lines are named as FILE:LINE and skipped (exit 1 at the end).")
 def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_json: bool,
             queries_file: Path | None) -> None:
     """Search archival memory for QUERY and show the best chunks with their source and page."""
     from pipeline.archive.store import Archive, StoreError
+    from pipeline.terminal import safe
 
     if (query is None) == (queries_file is None):
         raise click.UsageError("give either a QUERY or --queries FILE")
@@ -49,10 +35,20 @@ def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     if queries_file is not None:
-        for qid, text in read_queries(queries_file):
-            result = archive.search(text, mode=mode, top_k=top_k, page=page)
-            click.echo(json.dumps({"id": qid, "query": text, "total": result.total,
+        from pipeline.batch import BatchInputError, read_questions
+
+        try:
+            queries, bad = read_questions(queries_file, field="query")
+        except BatchInputError as exc:
+            raise click.ClickException(str(exc)) from None
+        for line in bad:
+            click.echo(f"{queries_file}:{line.line}: {line.reason}", err=True)
+        for q in queries:
+            result = archive.search(q.question, mode=mode, top_k=top_k, page=page)
+            click.echo(json.dumps({"id": q.id, "query": q.question, "total": result.total,
                                    "hits": [_hit_json(h) for h in result.hits]}))
+        if bad:
+            sys.exit(1)
         return
     result = archive.search(query, mode=mode, top_k=top_k, page=page)
     if as_json:
@@ -66,8 +62,8 @@ def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_
                f"(page {page + 1} of {result.pages}, {mode})")
     for rank, hit in enumerate(result.hits, start=first):
         where = hit.source + (f" p.{hit.page}" if hit.page else "") + (f" · {hit.heading}" if hit.heading else "")
-        click.echo(f"\n[{rank}] {where}  (score {hit.score:.3f}, {hit.chunk_id})")
-        click.echo("    " + " ".join(hit.text.split())[:400])
+        click.echo(safe(f"\n[{rank}] {where}  (score {hit.score:.3f}, {hit.chunk_id})"))
+        click.echo(safe("    " + " ".join(hit.text.split())[:400]))
 
 
 def _hit_json(hit) -> dict:
