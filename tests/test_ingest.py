@@ -216,3 +216,23 @@ def test_dead_embedding_workers_fall_back_to_this_process(corpus, tmp_path, embe
     inline = Settings.from_env(store=tmp_path / "inline")
     ingest_directory(corpus, inline, progress=False, embedder=embedder)
     assert snapshot(pooled.store) == snapshot(inline.store)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_resumes(corpus, tmp_path, embedder, monkeypatch):
+    from click.testing import CliRunner
+
+    import pipeline.faults as faults
+    from pipeline.cli import main
+
+    monkeypatch.setattr(ingest, "WRITE_BATCH", 1)
+    clean = Settings.from_env(store=tmp_path / "clean")
+    ingest_directory(corpus, clean, progress=False, embedder=embedder)
+    store = tmp_path / "full"
+    monkeypatch.setattr(faults, "_reached", {})
+    monkeypatch.setenv(faults.ENV, "store.write.added@2=enospc")  # the real write path finds the disk full
+    out = CliRunner().invoke(main, ["ingest", str(corpus), "--store", str(store), "-q", "--workers", "1"])
+    assert out.exit_code == 1 and out.output.count("\n") == 1 and "Traceback" not in out.output, out.output
+    assert f"cannot write the store at {store}: No space left on device; free some space and rerun" in out.output
+    monkeypatch.delenv(faults.ENV)
+    ingest_directory(corpus, Settings.from_env(store=store), progress=False, embedder=embedder)
+    assert snapshot(store) == snapshot(clean.store)
