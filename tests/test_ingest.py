@@ -224,10 +224,11 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(corpus, tmp_path, embedde
     import pipeline.faults as faults
     from pipeline.cli import main
 
-    monkeypatch.setattr(ingest, "WRITE_BATCH", 1)
     clean = Settings.from_env(store=tmp_path / "clean")
     ingest_directory(corpus, clean, progress=False, embedder=embedder)
     store = tmp_path / "full"
+    monkeypatch.setattr(ingest, "WRITE_BATCH", 1)
+    monkeypatch.setattr(ingest, "EMBED_BATCH", 1)  # many small writes: the disk fills in the middle of the run
     monkeypatch.setattr(faults, "_reached", {})
     monkeypatch.setenv(faults.ENV, "store.write.added@2=enospc")  # the real write path finds the disk full
     out = CliRunner().invoke(main, ["ingest", str(corpus), "--store", str(store), "-q", "--workers", "1"])

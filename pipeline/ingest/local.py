@@ -57,6 +57,10 @@ def ingest_directory(root: Path, settings: Settings, *, progress: bool = True, r
     return report
 
 
+class StoreWriteError(OSError):
+    """Writing to the store failed. Never taken for the failure of the file being read when it happened."""
+
+
 # --- the streaming part: parse+chunk here, embed in workers (or inline), write here ------------------------------
 
 @dataclass
@@ -126,6 +130,8 @@ class _Stream:
                         if len(self.unembedded) >= EMBED_BATCH:
                             self._submit(self.unembedded[:EMBED_BATCH], documents=True)
                             del self.unembedded[:EMBED_BATCH]
+                except StoreWriteError:  # the store, not this file: the run stops (a rerun resumes)
+                    raise
                 except Exception as exc:  # a bad file, or a parser bug on one file, must not sink the corpus
                     self._fail(item, failure_reason(exc), retry=isinstance(exc, OSError))
                 else:
@@ -213,7 +219,10 @@ class _Stream:
 
     def _flush(self) -> None:
         rows = pa.Table.from_pylist(self.pending, schema=self.schema) if self.pending else None
-        self.archive.write(rows, replace_sources=self.to_clear, documents=self.pending_docs)
+        try:
+            self.archive.write(rows, replace_sources=self.to_clear, documents=self.pending_docs)
+        except OSError as exc:  # a full disk, say; it may surface while a file is being chunked
+            raise StoreWriteError(exc.errno, exc.strerror or str(exc)) from exc
         self.cleared.update(self.to_clear)
         self.pending, self.pending_docs, self.to_clear = [], [], []
 
