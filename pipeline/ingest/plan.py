@@ -99,6 +99,7 @@ def writing(settings: Settings, *, wait: float = 0.0) -> Iterator[None]:
     seconds). A store that is not ours is refused (`StoreError`) before the lock file is made in it."""
     check_ours(Path(settings.store))
     with writer_lock(settings.store, wait=wait):
+        check_ours(Path(settings.store))  # again: it may have changed while we waited
         yield
 
 
