@@ -272,7 +272,7 @@ def test_memory_pressure_evicts_with_summary_and_never_exceeds_a_tiny_window():
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(window=st.integers(min_value=4096, max_value=9000),
        sizes=st.lists(st.integers(min_value=0, max_value=3000), min_size=3, max_size=8),
-       moves=st.lists(st.sampled_from(["search", "next", "note", "insert", "recall", "unknown", "bad"]),
+       moves=st.lists(st.sampled_from(["search", "next", "note", "repeat", "recall", "unknown", "bad"]),
                       min_size=1, max_size=14),
        final=st.integers(min_value=1, max_value=3000),
        tool_mode=st.sampled_from(["tools", "json"]))
@@ -285,7 +285,7 @@ def test_no_request_ever_exceeds_the_window(window, sizes, moves, final, tool_mo
             "search": lambda: call(SEARCH, {"query": f"topic word {n}", "request_heartbeat": True}),
             "next": lambda: call(SEARCH, {"query": "topic word", "page": n % 3}),
             "note": lambda: call("core_memory_append", {"name": "notes", "content": "n" * (n * 97 % 900)}),
-            "insert": lambda: call("archival_memory_insert", {"content": "my note " * (n * 50)}),
+            "repeat": lambda: call(SEARCH, {"query": "topic word"}),
             "recall": lambda: call("conversation_search", {"query": "topic"}),
             "unknown": lambda: call("no_such_function", {}),
             "bad": lambda: tool_reply(SEARCH, '{"query": ') if tool_mode == "tools" else text_reply("{oops"),

@@ -1,8 +1,8 @@
 """Main context under a hard token budget, as in MemGPT: system prompt, working memory, summary, a FIFO queue.
 
 `Context` builds each request so that prompt + reply reserve never exceeds the window; once the queue
-has used 70% of its room it queues a memory-pressure alert; when a request would not fit it evicts the oldest ~half of the queue
-to recall storage and folds it into a recursive summary (each summary call itself within the window).
+has used 70% of its room it queues a memory-pressure alert; when a request would not fit it evicts the
+oldest ~half of the queue to recall storage and folds it into a recursive summary (each summary call itself within the window).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ ALERT_PREFIX = "[system alert]"
 Summarizer = Callable[[list[Message], int], "str | None"]
 
 # what only an echo of the pressure alert says: the prefix, "the context window is 70% full", "system alert"
-_ALERT_ECHO = re.compile(r"\[system alert\]|context window is (about )?\d+ ?% full|\b(system|memory[- ]pressure) alert\b",
-                         re.IGNORECASE)
+_ALERT_ECHO = re.compile(
+    r"\[system alert\]|context window is (about )?\d+ ?% full|\b(system|memory[- ]pressure) alert\b", re.IGNORECASE)
 
 
 def echoes_alert(text: str) -> bool:

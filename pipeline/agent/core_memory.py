@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 
 # what a full block is assumed to hold when budgeting: notes-like text with chunk ids and numbers
-_FILLER = "The Hydra-7 pump holds at most 16 bar; replace its seals every 2000 hours (chunk 4f1c2a9e0b7d3c5e8a61, p. 12). "
+_FILLER = ("The Hydra-7 pump holds at most 16 bar; replace its seals every 2000 hours "
+           "(chunk 4f1c2a9e0b7d3c5e8a61, p. 12). ")
 
 
 class MemoryEditError(ValueError):

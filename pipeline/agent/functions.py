@@ -100,7 +100,8 @@ def describe_functions(only: list[str] | None = None) -> str:
     for name, (description, props, required) in SPECS.items():
         if only is not None and name not in only:
             continue
-        params = ", ".join(f"{p}{'' if p in required else '?'}{_SHOWN_TYPES[spec['type']]}" for p, spec in props.items())
+        params = ", ".join(f"{p}{'' if p in required else '?'}{_SHOWN_TYPES[spec['type']]}"
+                           for p, spec in props.items())
         lines.append(f"- {name}({params}): {description}")
     return "\n".join(lines)
 
@@ -164,6 +165,12 @@ def _hit_label(hit: Hit) -> str:
         where = f" | page: {hit.page}"
     heading = f" | heading: {hit.heading}" if hit.heading else ""
     return f"chunk_id: {hit.chunk_id} | source: {hit.source}{where}{heading}"
+
+
+def hit_entry(rank: int, hit: Hit) -> tuple[str, str]:
+    """A hit as a search page shows it: (`[rank] chunk_id: ... | source: ... | page: ...`, its text)."""
+    text = hit.text if len(hit.text) <= HIT_CHARS else hit.text[:HIT_CHARS] + " [...]"
+    return f"[{rank}] {_hit_label(hit)}", text
 
 
 _STOPWORDS = frozenset("what which when where does with that this from have there their about into they were been "
@@ -231,7 +238,7 @@ class Toolbox:
         if not ranking.total:
             return self._nothing(query, "documents", repeated=0 in ranking.shown, ranking=ranking)
         if self.hits_per_page is None:
-            costs = [self.context.counter.text("\n".join(self._hit_entry(0, h))) for h in ranking.items[:self.top_k]]
+            costs = [self.context.counter.text("\n".join(hit_entry(0, h))) for h in ranking.items[:self.top_k]]
             self.hits_per_page = per_page_for(self.room() - HEAD_TOKENS, costs, preferred=self.top_k)
         per_page = self.hits_per_page
         self._fetch(query, ranking, (page + 1) * per_page)
@@ -241,7 +248,7 @@ class Toolbox:
         self._fetch(query, ranking, (chosen.number + 1) * per_page)
         hits = ranking.page(chosen.number, per_page)
         first = chosen.number * per_page + 1
-        entries = [self._hit_entry(first + offset, hit) for offset, hit in enumerate(hits)]
+        entries = [hit_entry(first + offset, hit) for offset, hit in enumerate(hits)]
         for hit in hits:
             self.retrieved[hit.chunk_id] = hit
         window = page_window(ranking.total, chosen.number, per_page)
@@ -334,23 +341,18 @@ class Toolbox:
             return Outcome.failed(f"you already searched for {query!r} and no {what} matched. {self._other_words()}")
         return Outcome(True, f"status: OK\nNo {what} match {query!r}. {self._other_words()}", "OK: no results")
 
+    def _task(self) -> str:
+        return self.context.core.blocks["task"].value if "task" in self.context.core.blocks else ""
+
     def _other_words(self) -> str:
-        queries = [*self.archival, *self.recall]
-        words = _untried_words(self.context.core.blocks["task"].value if "task" in self.context.core.blocks else "",
-                               queries)
+        words = _untried_words(self._task(), [*self.archival, *self.recall])
         hint = f" (words of the question not searched yet: {', '.join(words)})" if words else ""
         return (f"Search with other words{hint}, or answer with send_message from what you found "
                 "(or say that the documents do not answer it).")
 
     def task_line(self) -> str:
         """`Continue the task: <the question>`, for notes that put the model back on track."""
-        task = self.context.core.blocks["task"].value if "task" in self.context.core.blocks else ""
-        return f"Continue the task: {task}" if task else "Continue the task."
-
-    @staticmethod
-    def _hit_entry(rank: int, hit: Hit) -> tuple[str, str]:
-        text = hit.text if len(hit.text) <= HIT_CHARS else hit.text[:HIT_CHARS] + " [...]"
-        return f"[{rank}] {_hit_label(hit)}", text
+        return f"Continue the task: {self._task()}" if self._task() else "Continue the task."
 
     @staticmethod
     def _message_entry(message: dict[str, Any]) -> tuple[str, str]:

@@ -9,7 +9,6 @@ accepted and not needed); after `max_steps` one last step forces an answer.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 from pipeline.config import Settings
@@ -19,7 +18,7 @@ from pipeline.agent.core_memory import CoreMemory
 from pipeline.agent.functions import FINAL, Outcome, Retriever, Toolbox, describe_functions, step_format, tool_schemas
 from pipeline.agent.grounding import Grounding, check, look_again_note, strict_abstention
 from pipeline.agent.recall import Recall
-from pipeline.agent.replies import Calls, Empty, Malformed, PlainText, parse_reply
+from pipeline.agent.replies import Calls, Empty, Malformed, PlainText, kept_arguments, parse_reply
 from pipeline.agent.session import Session
 from pipeline.agent.tokens import TokenCounter
 from pipeline.llm import ChatClient, ChatReply, LLMError, ToolCall
@@ -65,7 +64,10 @@ def answer(question: str, *, retriever: Retriever, client: ChatClient, settings:
     return run.run()
 
 
-def request_shape(settings: Settings, *, forced: bool = False) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
+Shape = tuple[list[dict[str, Any]] | None, dict[str, Any] | None]  # (tools, response_format) of a request
+
+
+def request_shape(settings: Settings, *, forced: bool = False) -> Shape:
     """(tools, response_format) of an agent step: every function, or only send_message when `forced`."""
     only = [FINAL] if forced else None
     if settings.tool_mode == "json":
@@ -126,7 +128,7 @@ class _Run:
         finally:
             self._save()
 
-    def _request_shape(self, *, forced: bool) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
+    def _request_shape(self, *, forced: bool) -> Shape:
         return request_shape(self.settings, forced=forced)
 
     def _step(self, *, forced: bool) -> bool:
@@ -178,26 +180,11 @@ class _Run:
         limit = self.context.queue_room(*self._request_shape(forced=False)) // (4 * len(parsed.calls))
         self.context.append({"role": "assistant", "content": reply.content, "tool_calls": [
             {"id": c.id, "type": "function",
-             "function": {"name": c.name, "arguments": self._kept_arguments(c.arguments, limit)}}
+             "function": {"name": c.name, "arguments": kept_arguments(c.arguments, limit, self.context.counter)}}
             for c in parsed.calls]})
 
     def _result_room(self) -> int:
         return self.context.result_room(*self._request_shape(forced=False))
-
-    def _kept_arguments(self, arguments: str, limit: int) -> str:
-        """Arguments as sent back to the model in its own message: valid JSON, long strings cut to fit `limit`."""
-        try:
-            value = json.loads(arguments)
-        except (json.JSONDecodeError, TypeError):
-            return "{}"
-        counter = self.context.counter
-        if not isinstance(value, dict) or counter.text(arguments) <= limit:
-            return arguments if isinstance(value, dict) else "{}"
-        strings = [k for k, v in value.items() if isinstance(v, str)]
-        share = max(16, limit // max(1, len(strings)) - 8)
-        kept = {k: cut_to_tokens(v, share, counter, "argument") if k in strings else v for k, v in value.items()}
-        text = json.dumps(kept, ensure_ascii=False)
-        return text if counter.text(text) <= limit else "{}"
 
     def _feed(self, call: ToolCall, outcome: Outcome, reply: ChatReply, index: int) -> None:
         """Record the call and give its result to the model, cut to fit the context."""

@@ -11,6 +11,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from pipeline.agent.context import cut_to_tokens
+from pipeline.agent.tokens import TokenCounter
 from pipeline.llm import ChatReply, ToolCall
 
 
@@ -64,6 +66,21 @@ def parse_reply(reply: ChatReply, *, json_mode: bool, step: int) -> ParsedReply:
     arguments = obj.get("arguments", {})
     return Calls([ToolCall(f"json_{step}", obj.get("function", obj.get("name")),
                            arguments if isinstance(arguments, str) else json.dumps(arguments))], native=False)
+
+
+def kept_arguments(arguments: str, limit: int, counter: TokenCounter) -> str:
+    """Arguments as sent back to the model in its own message: valid JSON, long strings cut to fit `limit`."""
+    try:
+        value = json.loads(arguments)
+    except (json.JSONDecodeError, TypeError):
+        return "{}"
+    if not isinstance(value, dict) or counter.text(arguments) <= limit:
+        return arguments if isinstance(value, dict) else "{}"
+    strings = [k for k, v in value.items() if isinstance(v, str)]
+    share = max(16, limit // max(1, len(strings)) - 8)
+    kept = {k: cut_to_tokens(v, share, counter, "argument") if k in strings else v for k, v in value.items()}
+    text = json.dumps(kept, ensure_ascii=False)
+    return text if counter.text(text) <= limit else "{}"
 
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)

@@ -21,7 +21,7 @@ TOP_K = 5
 
 
 def run(out_dir: Path) -> dict[str, Any]:
-    from pipeline.agent.functions import HEAD_TOKENS, Toolbox
+    from pipeline.agent.functions import HEAD_TOKENS, hit_entry
     from pipeline.agent.loop import context_budget, new_context, request_shape
     from pipeline.agent.recall import Recall
     from pipeline.agent.paging import per_page_for
@@ -31,7 +31,7 @@ def run(out_dir: Path) -> dict[str, Any]:
 
     text = filler_paragraph(random.Random(0), 12)[:1300]
     hit = make_hit("4f1c2a9e0b7d3c5e8a61", text, source=MANUAL, page=12)
-    hit_tokens = TokenCounter().text("\n".join(Toolbox._hit_entry(10, hit)))
+    hit_tokens = TokenCounter().text("\n".join(hit_entry(10, hit)))
     rows = []
     for tool_mode, response_format in MODES:
         for window in WINDOWS:

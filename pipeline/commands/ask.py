@@ -51,7 +51,8 @@ def format_answer(result: Answer) -> str:
                    "response_format (for servers whose tool calls are unreliable).")
 @click.option("--max-steps", type=click.IntRange(1), default=12, show_default=True,
               help="Function-calling steps before one final forced answer step.")
-@click.option("--top-k", type=click.IntRange(1, 50), default=5, show_default=True, help="Search hits per page.")
+@click.option("--top-k", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Most search hits per page (fewer when the window is small).")
 @click.option("--session", help="Keep working memory and conversation across invocations under this name.")
 @click.option("--strict", is_flag=True, default=None,
               help="Decline (exit 3) instead of giving an answer whose numbers, names or dates are in no retrieved "

@@ -71,7 +71,8 @@ def _nothing_to_ask(question: str) -> Any:
               help="Native tool calls or one JSON object per step (env ANALYZE_TOOL_MODE).")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Agent steps per question.")
 @context_window_option
-@click.option("--top-k", type=click.IntRange(1, 50), default=None, help="Search hits per page (default 5).")
+@click.option("--top-k", type=click.IntRange(1, 50), default=None,
+              help="Most search hits per page (default 5; fewer when the window is small).")
 @click.option("--strict", is_flag=True, default=None,
               help="Record an abstention instead of an answer whose claims are in no retrieved chunk (env "
                    "ANALYZE_STRICT=1); the answer is kept under `withheld`.")
