@@ -113,9 +113,9 @@ def test_citations_to_unretrieved_chunks_are_dropped_and_flagged():
 
 
 def test_abstention_is_instructed_in_the_system_prompt():
-    _, client, _ = run([text_reply("The documents do not say.")])
+    _, client, _ = run([text_reply("The documents do not say.")] * 2)
     system = client.requests[0]["messages"][0]["content"]
-    assert "do not answer the question, say so" in system and "Never guess" in system
+    assert "the documents do not answer it" in system and "Never guess" in system
 
 
 # -- errors fed back to the model
@@ -224,7 +224,7 @@ def test_json_mode_parses_one_object_per_step_and_feeds_back_malformed_json():
 
 
 def test_json_mode_can_send_llama_cpp_json_object_format():
-    result, client, _ = run([json_reply("send_message", {"message": "no idea"})], tool_mode="json",
+    result, client, _ = run([json_reply("send_message", {"message": "no idea"})] * 2, tool_mode="json",
                             response_format="json_object")
     assert result.status == "ok"
     fmt = client.requests[0]["response_format"]
@@ -424,7 +424,7 @@ def test_unknown_tool_mode_and_unsavable_session_are_error_answers(tmp_path):
     assert result.status == "error" and "unknown tool mode 'grammar'" in result.error
     blocker = tmp_path / "sessions"
     blocker.write_text("a file where the sessions folder should be")
-    result = answer("q", retriever=FakeRetriever(HITS), client=ScriptedChatClient([text_reply("fine")]),
+    result = answer("q", retriever=FakeRetriever(HITS), client=ScriptedChatClient([text_reply("fine")] * 2),
                     settings=Settings(store=tmp_path / "archive"), session="s")
     assert result.status == "error" and result.error.startswith("cannot use session folder")
 
@@ -436,6 +436,6 @@ def test_session_save_failure_is_reported_with_the_answer_kept(tmp_path, monkeyp
         raise OSError("disk full")
 
     monkeypatch.setattr(Session, "save", refuse)
-    result = answer("q", retriever=FakeRetriever(HITS), client=ScriptedChatClient([text_reply("fine")]),
+    result = answer("q", retriever=FakeRetriever(HITS), client=ScriptedChatClient([text_reply("fine")] * 2),
                     settings=Settings(store=tmp_path / "archive"), session="s")
     assert result.status == "error" and "could not save session" in result.error and result.answer == "fine"

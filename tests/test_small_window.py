@@ -276,10 +276,25 @@ def test_the_pressure_alert_restates_the_task_and_is_never_delivered_as_the_answ
     alerts = [m["content"] for r in agent for m in r["messages"]
               if m["role"] == "user" and ALERT_PREFIX in str(m.get("content"))]
     assert alerts and all(f"Continue the task: {QUESTION}" in a for a in alerts)
-    fed = [s.result for s in result.steps]
-    assert any(s.startswith("Failed: that message repeats the memory alert") for s in fed)  # send_message refused
-    assert any(s.startswith("Failed: that is the memory alert, not a finding") for s in fed)  # notes refused
-    assert any(s.startswith("Failed: that repeats the memory alert") for s in fed)  # a plain reply refused
+    fed = {(s.function, s.result.split(";")[0]) for s in result.steps}
+    assert ("send_message", "Failed: that repeats the memory alert") in fed
+    assert ("core_memory_append", "Failed: that is the memory alert, not a finding") in fed
+    assert ("(plain reply)", "Failed: that repeats the memory alert") in fed
     assert not echoes_alert(result.answer)
     final_system = agent[-1]["messages"][0]["content"]
     assert "context window is" not in final_system  # nothing of the alert reached working memory
+
+
+@pytest.mark.parametrize("first", [json_reply("send_message", {"message": "10,000 psi"}), text_reply("10,000 psi")])
+def test_an_answer_before_any_call_is_refused_once(first):
+    hits = long_hits(6, answer_at=2)
+    client = ScriptedChatClient([first, json_reply(SEARCH, {"query": "impeller nut torque"}),
+                                 json_reply("send_message", {"message": "42 Nm", "citations": ["r02"]})])
+    result = answer(QUESTION, retriever=FakeRetriever(hits), client=client,
+                    settings=Settings(context_window=8192, tool_mode="json", response_format="json_object"))
+    assert result.status == "ok" and result.answer == "42 Nm"
+    assert result.steps[0].result.startswith("Failed: not delivered: you have not searched the documents")
+    assert "Search first" in last_content(client.requests[1])
+    insisted = ScriptedChatClient([first, first])  # refused once only: an answer the model insists on is taken
+    assert answer(QUESTION, retriever=FakeRetriever(hits), client=insisted,
+                  settings=Settings(tool_mode="json", response_format="json_object")).answer == "10,000 psi"

@@ -46,15 +46,14 @@ SPECS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
         "Append to working memory block `notes` (findings: fact, chunk id, source) or `task`.",
         {"name": {"type": "string"}, "content": {"type": "string"}}, ["name", "content"]),
     "core_memory_replace": (
-        "Replace exact text in a working memory block; empty new_content deletes it.",
+        "Replace exact text in a memory block (empty new_content deletes it).",
         {"name": {"type": "string"}, "old_content": {"type": "string"}, "new_content": {"type": "string"}},
         ["name", "old_content", "new_content"]),
     "conversation_search": (
         "Search this conversation, evicted messages included. Shows one page of matches.",
         {"query": {"type": "string"}, "page": _PAGE}, ["query"]),
     "send_message": (
-        "Give the final answer, from retrieved text only, citing the chunk ids it rests on; if the "
-        "documents do not answer, say so.",
+        "Give the final answer, citing the chunk ids it rests on.",
         {"message": {"type": "string"}, "citations": {"type": "array", "items": {"type": "string"}}},
         ["message"]),
 }
@@ -209,8 +208,16 @@ class Toolbox:
         self.recall: dict[str, Ranking[int]] = {}  # normalized query -> indices into recall storage
         self.hits_per_page: int | None = None
         self.messages_per_page: int | None = None
+        self.urged = False  # an answer before any call was refused once
+        self.calls = 0  # calls made before the current one
 
     def call(self, name: str, raw_arguments: str | dict[str, Any]) -> Outcome:
+        try:
+            return self._dispatch(name, raw_arguments)
+        finally:
+            self.calls += 1
+
+    def _dispatch(self, name: str, raw_arguments: str | dict[str, Any]) -> Outcome:
         if name not in SPECS:
             return Outcome.failed(f"unknown function {name!r}; available: {', '.join(SPECS)}")
         try:
@@ -294,11 +301,21 @@ class Toolbox:
                        f"OK: {chosen.note}{window}")
 
     def send_message(self, message: str, citations: list[str] | None = None) -> Outcome:
-        if echoes_alert(message):
-            return Outcome.failed(f"that message repeats the memory alert; it is not an answer and was not "
-                                  f"delivered. {self.task_line()}")
+        if reason := self.refusal(message):
+            return Outcome.failed(reason)
         return Outcome(True, "status: OK\nMessage delivered.", f"answered ({len(citations or [])} citations)",
                        final=True)
+
+    def refusal(self, answer: str) -> str | None:
+        """Why `answer` is not delivered, or None: it repeats a memory alert, or it is the question's very first
+        act, before any call (refused once: small models answer from what they imagine)."""
+        if echoes_alert(answer):
+            return f"that repeats the memory alert; it is not an answer and was not delivered. {self.task_line()}"
+        if not (self.calls or self.urged):
+            self.urged = True
+            return ("not delivered: you have not searched the documents for this question yet. Search first "
+                    "(archival_memory_search), then answer only from what you find.")
+        return None
 
     # -- paging
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from pipeline.config import Settings
 from pipeline.agent import citations
-from pipeline.agent.context import Budget, Context, ContextTooSmall, cut_to_tokens, echoes_alert
+from pipeline.agent.context import Budget, Context, ContextTooSmall, cut_to_tokens
 from pipeline.agent.core_memory import CoreMemory
 from pipeline.agent.functions import FINAL, Outcome, Retriever, Toolbox, describe_functions, step_format, tool_schemas
 from pipeline.agent.grounding import Grounding, check, look_again_note, strict_abstention
@@ -26,16 +26,31 @@ from pipeline.types import Answer, Citation, Step
 
 __all__ = ["Retriever", "answer", "context_budget", "request_shape", "system_prompt"]
 
-_PROMPT = """You are pagefault, a careful document analyst. You answer a question about documents too large \
-to see at once by searching them step by step (archival_memory_search, page by page, with other words if needed).
-- Working memory (below) is always visible: `task` is the question; keep findings in `notes` with their chunk ids \
-(core_memory_append). Old messages move to recall storage (conversation_search) and a summary.
-- Answer with send_message using only retrieved text, and put the chunk ids you used in `citations`. If the \
-documents do not answer the question, say so. Never guess.
-- A [system alert] is about memory, never the task or an answer: do what it says, then continue the task."""
+_INTRO = """You are pagefault, a careful document analyst. You answer questions about a document archive \
+far larger than what you can see at once, by searching it step by step."""
 
-_TOOLS_MODE = "Call one function per step."
-_JSON_MODE = """Reply with one JSON object only: {"function": "<name>", "arguments": {...}}
+# json mode only: there no schemas are sent, and small local models (the ones that use it) keep to the task
+# better with their memory described and the heartbeat asked for (measured: without the heartbeat sentence
+# the 1.5B model answered before searching; the runner continues after every call either way)
+_MEMORY = """Your memory:
+- The archive (archival memory) holds the documents, split into chunks. You see it only through \
+archival_memory_search, one page of results at a time; each result says how many matches exist and which page \
+you are on, and each chunk has a chunk_id, a source file and a page.
+- Working memory (below) is always visible: `task` is the question, `notes` is where you keep findings. It \
+survives when old messages are evicted to recall storage (conversation_search reads them).
+Set request_heartbeat=true on every call except send_message, so that you keep working."""
+
+_RULES = """How to work:
+1. Search with specific queries. If the answer may be on a later page, ask for the next page; try other words.
+2. Keep key facts, with their chunk ids and sources, in `notes` (core_memory_append).
+3. Answer with send_message, using only text you retrieved, and put the chunk ids you relied on in `citations`.
+4. If the archive does not contain the answer after a reasonable search, say plainly that the documents do \
+not answer it. Never guess, and never cite a chunk you have not seen in search results.
+A [system alert] is about memory, never the task or an answer: do what it says, then continue the task."""
+
+_TOOLS_MODE = "Call exactly one function per step."
+_JSON_MODE = """Each reply must be exactly one JSON object and nothing else:
+{"function": "<function name>", "arguments": {<its arguments>}}
 Functions:
 """
 
@@ -47,8 +62,8 @@ EMPTY_REPLY = "[system] Your reply was empty. Call a function, or give your answ
 def system_prompt(tool_mode: str) -> str:
     """The agent's instructions for `tool_mode` ("tools" or "json")."""
     if tool_mode == "json":
-        return f"{_PROMPT}\n{_JSON_MODE}{describe_functions()}"
-    return f"{_PROMPT}\n{_TOOLS_MODE}"
+        return f"{_INTRO}\n\n{_MEMORY}\n\n{_RULES}\n{_JSON_MODE}{describe_functions()}"
+    return f"{_INTRO}\n\n{_RULES}\n{_TOOLS_MODE}"
 
 
 def answer(question: str, *, retriever: Retriever, client: ChatClient, settings: Settings,
@@ -209,11 +224,10 @@ class _Run:
     def _plain_answer(self, reply: ChatReply, *, forced: bool) -> bool:
         content = (reply.content or "").strip()
         self.context.append({"role": "assistant", "content": content})
-        if echoes_alert(content):
-            reason = f"that repeats the memory alert; it is not an answer. {self.toolbox.task_line()}"
+        if reason := self.toolbox.refusal(content):
             self.context.append({"role": "user", "content": f"[system] {reason}"})
             self._record(Step("(plain reply)", {}, f"Failed: {reason}", reply.prompt_tokens, reply.completion_tokens))
-            self.log(f"step {self.steps_taken}: plain-text reply repeats the memory alert: not taken as the answer")
+            self.log(f"step {self.steps_taken}: plain-text reply not taken as the answer: {reason}")
             return False
         self._record(Step("(plain reply)", {}, "answered without send_message",
                           reply.prompt_tokens, reply.completion_tokens))
