@@ -216,7 +216,7 @@ def test_json_mode_parses_one_object_per_step_and_feeds_back_malformed_json():
     assert first["tools"] is None and first["response_format"]["type"] == "json_schema"
     schema = first["response_format"]["json_schema"]["schema"]
     assert "send_message" in schema["properties"]["function"]["enum"]
-    assert "archival_memory_search(query, page?: int)" in first["messages"][0]["content"]
+    assert "archival_memory_search(query: string, page: integer (optional)" in first["messages"][0]["content"]
     fed = last_message(client.requests[1])
     assert fed["role"] == "user" and "status: Failed" in fed["content"] and "not a valid function call" in fed["content"]
     assert "Results 1-5 of" in last_message(client.requests[2])["content"]

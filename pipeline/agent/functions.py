@@ -89,19 +89,38 @@ def step_format(only: list[str] | None = None, *, kind: str = "json_schema") -> 
     return {"type": "json_schema", "json_schema": {"name": "agent_step", "schema": schema}}
 
 
-_SHOWN_TYPES = {"string": "", "integer": ": int", "boolean": ": bool", "array": ": [str]"}
+# json mode's function list is read by small local models; they were measured keeping to the task (searching
+# before answering) with these fuller descriptions and the heartbeat listed, and not with the schemas' short ones
+_JSON_DESCRIPTIONS = {
+    "archival_memory_search": (
+        "Search the document archive (hybrid keyword + semantic search). Returns one page of matching chunks, "
+        "each with its chunk id, source file and page, and says how many matches exist in total and which page "
+        "you are on. If the answer may be on a later page, call again with the same query and the next page "
+        "number."),
+    "core_memory_append": (
+        "Append text to a block of your working memory (always visible to you, kept when old messages are "
+        "evicted). Use the `notes` block for findings: the fact, its chunk id and source."),
+    "core_memory_replace": SPECS["core_memory_replace"][0],
+    "conversation_search": (
+        "Search the full history of this conversation, including messages evicted from your context (recall "
+        "storage). Returns one page of matching messages and the total number of matches."),
+    "send_message": (
+        "Deliver your final answer to the user; this ends the question. Answer only from text you retrieved, "
+        "and list the chunk ids you relied on in `citations`. If the documents do not contain the answer, say "
+        "so plainly instead of guessing."),
+}
 
 
 def describe_functions(only: list[str] | None = None) -> str:
     """The functions as text, for the system prompt in json tool mode (no `tools` are sent there):
-    `- name(arg, optional?: int): description`."""
+    `- name(arg: string, page: integer (optional), request_heartbeat: boolean): description`."""
     lines = []
-    for name, (description, props, required) in SPECS.items():
+    for name, (_, props, required) in SPECS.items():
         if only is not None and name not in only:
             continue
-        params = ", ".join(f"{p}{'' if p in required else '?'}{_SHOWN_TYPES[spec['type']]}"
-                           for p, spec in props.items())
-        lines.append(f"- {name}({params}): {description}")
+        params = [f"{p}: {spec['type']}{'' if p in required else ' (optional)'}" for p, spec in props.items()]
+        params += [] if name == FINAL else ["request_heartbeat: boolean"]
+        lines.append(f"- {name}({', '.join(params)}): {_JSON_DESCRIPTIONS[name]}")
     return "\n".join(lines)
 
 

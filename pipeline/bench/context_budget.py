@@ -22,6 +22,7 @@ TOP_K = 5
 
 def run(out_dir: Path) -> dict[str, Any]:
     from pipeline.agent.functions import HEAD_TOKENS, hit_entry
+    from pipeline.agent.context import ContextTooSmall
     from pipeline.agent.loop import context_budget, new_context, request_shape
     from pipeline.agent.recall import Recall
     from pipeline.agent.paging import per_page_for
@@ -38,9 +39,13 @@ def run(out_dir: Path) -> dict[str, Any]:
             settings = Settings(context_window=window, tool_mode=tool_mode, response_format=response_format)
             parts = context_budget(settings)
             fixed = window - parts["queue"]
-            result_room = new_context(settings, Recall()).result_room(*request_shape(settings))
+            try:
+                result_room = new_context(settings, Recall()).result_room(*request_shape(settings))
+            except ContextTooSmall:  # this mode does not run at this window
+                result_room = 0
             rows.append({"tool_mode": tool_mode, "response_format": response_format if tool_mode == "json" else None,
                          "window": window, **parts, "fixed": fixed, "fixed_share": round(fixed / window, 3),
                          "result_room": result_room,
-                         "hits_per_page": per_page_for(result_room - HEAD_TOKENS, [hit_tokens], preferred=TOP_K)})
+                         "hits_per_page": per_page_for(result_room - HEAD_TOKENS, [hit_tokens], preferred=TOP_K)
+                         if result_room else 0})
     return {"hit_tokens": hit_tokens, "top_k": TOP_K, "rows": rows}
