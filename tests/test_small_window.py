@@ -297,6 +297,6 @@ def test_an_answer_before_any_call_is_refused_once(first):
     assert result.status == "ok" and result.answer == "42 Nm"
     assert result.steps[0].result.startswith("Failed: not delivered: you have not searched the documents")
     assert "Search first" in last_content(client.requests[1])
-    insisted = ScriptedChatClient([first, first])  # refused once only: an answer the model insists on is taken
+    insisted = ScriptedChatClient([first] * 3)  # refused once only (the grounding check may hold it back once more)
     assert answer(QUESTION, retriever=FakeRetriever(hits), client=insisted,
                   settings=Settings(tool_mode="json", response_format="json_object")).answer == "10,000 psi"
