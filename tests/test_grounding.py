@@ -109,6 +109,7 @@ def test_true_answers_are_grounded(text):
     ("See page 12.", ["page 12"]),
     ('The manual says "a blocked discharge line".', ['"a blocked discharge line"']),
     ("Four pumps had worn bearings.", ["Four"]),
+    ("The motor is rated at 7.5 kW.", ["7.5 kW"]),
 ])
 def test_invented_claims_are_unsupported(text, claims):
     assert unsupported(text) == claims
@@ -359,3 +360,13 @@ def test_the_benchmark_scores_first_answers_final_answers_and_strict_ones_from_o
     assert result["checked"]["grounded_share_of_correct"] == pytest.approx(0.667, abs=1e-3)
     assert result["strict"]["answerable_correct"] == 2 and result["strict"]["abstention"] == 1.0
     assert result["held_back"] == ["a", "c", "d"] and result["false_alarms"] == ["d"]
+
+
+def test_every_gold_answer_of_the_demo_is_grounded_by_its_sentence_and_invented_ones_are_caught():
+    from pipeline.bench.grounding import mechanical
+    from pipeline.democorpus import FACTS
+
+    hits = [make_hit(f.id, f.sentence, source=f.source or "", page=f.page) for f in FACTS if f.sentence]
+    result = mechanical(FakeRetriever(hits))
+    assert result["true_answers"] == sum(len(f.answers) for f in FACTS) and result["false_alarms"] == []
+    assert [i["id"] for i in result["invented_detail"] if not i["caught"]] == ["q20"]  # the near miss

@@ -342,8 +342,8 @@ def _identifier_kind(token: str) -> str | None:
     """`version` or `identifier` for a code-like token (`E-117`, `work_mem`, `config.yaml`), else None."""
     if _VERSION.match(token):
         return "version"
-    if len(token) < 2 or _NUMBER_LIKE.match(token):
-        return None  # 42, 4,000-hour, 80°C, 10k: numbers, checked as numbers
+    if len(token) < 2 or _NUMBER_LIKE.match(token) or token.casefold() in _UNITS:
+        return None  # 42, 4,000-hour, 80°C, 10k, kW: numbers and units, checked as numbers
     letters = any(c.isalpha() for c in token)
     if "://" in token or ("@" in token and "." in token.rsplit("@", 1)[-1]):
         return "identifier"

@@ -13,6 +13,12 @@ mode and --strict, as `make demo` runs it. The check and its one more look are t
 For each: answerable accuracy (best_subspan_em), abstention on the unanswerable questions, and the grounded
 share of correct answers; plus how many true first answers were held back (false alarms). Records go to
 `out_dir/grounding.jsonl`; `ANALYZE_LOCAL_MODEL` and `ANALYZE_LLM_THREADS` apply as for `--llm local`.
+
+`mechanical` needs no model (it runs without llama-cpp-python too): the check alone over the same store, with
+the chunks a first search for the question retrieves (hybrid, 10 hits) as evidence. Every gold answer variant
+of the answerable questions, as written in `queries/demo.jsonl` (`4000 hours`, `March 12, 2029`, `three`),
+should be grounded when its chunk was retrieved (a false alarm otherwise); one invented answer per
+unanswerable question (INVENTED, written to resemble what the local model says) should not be.
 """
 
 from __future__ import annotations
@@ -24,6 +30,40 @@ from typing import Any
 from pipeline.config import Settings
 
 QUERIES = Path("queries/demo.jsonl")
+INVENTED = {
+    "q12": "The Hydra-7 retails for $35.00.", "q13": "The Hydra-7 weighs 85 kg.",
+    "q14": "Its maximum flow rate is 120 cubic metres per hour.", "q15": "Revenue in 2026 was 151.3 million euros.",
+    "q16": "Error code E-204 means that the motor is overheating.", "q17": "The motor is rated at 7.5 kW.",
+    "q18": "The warranty lasts 24 months.", "q19": "Call the Stavanger service centre on +47 51 84 22 00.",
+    "q20": "The Hydra-5 bearings use Norrlube HT-220.",  # a near miss: every claim is in the manual
+}
+
+
+def mechanical(archive: Any) -> dict[str, Any]:
+    """The check alone on gold and invented answers, against what a first search retrieves (no model)."""
+    from pipeline.agent.grounding import check
+    from pipeline.democorpus import FACTS
+
+    true, invented = [], []
+    for fact in FACTS:
+        hits = archive.search(fact.question, mode="hybrid", top_k=10).hits
+        if fact.unanswerable:
+            verdict = check(INVENTED[fact.id], hits, question=fact.question)
+            invented.append({"id": fact.id, "answer": INVENTED[fact.id], "caught": not verdict.grounded,
+                             "unsupported": verdict.unsupported})
+            continue
+        retrieved = any(" ".join(fact.sentence.split()[:6]) in " ".join(h.text.split()) for h in hits)
+        for variant in fact.answers:
+            verdict = check(f"The answer is {variant}.", hits, question=fact.question)
+            true.append({"id": fact.id, "answer": variant, "fact_retrieved": retrieved, "grounded": verdict.grounded,
+                         "unsupported": verdict.unsupported})
+    seen = [t for t in true if t["fact_retrieved"]]
+    return {"true_answers": len(true), "true_with_fact_retrieved": len(seen),
+            "false_alarms": [t for t in seen if not t["grounded"]],
+            "grounded_share_when_retrieved": round(sum(t["grounded"] for t in seen) / max(1, len(seen)), 3),
+            "grounded_share_all": round(sum(t["grounded"] for t in true) / max(1, len(true)), 3),
+            "invented_caught": sum(i["caught"] for i in invented), "invented": len(invented),
+            "invented_detail": invented}
 
 
 def _first_answer(record: dict[str, Any]) -> str:
@@ -72,24 +112,27 @@ def run(out_dir: Path) -> dict[str, Any]:
     from pipeline.ingest.local import ingest_directory
     from pipeline.local_llm import default_threads, llama_server_available, llm_endpoint
 
-    if not llama_server_available():
-        return {"skipped": "llama-cpp-python[server] is not installed (pip install '.[local]')"}
     corpus, store, out = out_dir / "grounding-corpus", out_dir / "grounding-archive", out_dir / "grounding.jsonl"
     write_corpus(corpus, out_dir / "grounding-queries.jsonl")
     settings = Settings.from_env(store=store, strict=True, request_timeout=900.0)
     report = ingest_directory(corpus, settings, progress=False)
     if report.failed:
         raise RuntimeError(f"demo corpus ingest failed: {report.failures}")
+    from pipeline.archive.store import Archive
+
+    archive = Archive.open(store)
+    checked = mechanical(archive)
+    if not llama_server_available() or os.environ.get("GROUNDING_BENCH_LLM") == "0":
+        return {"mechanical": checked, "local_model": "skipped: llama-cpp-python[server] is not installed "
+                                                      "(pip install '.[local]') or GROUNDING_BENCH_LLM=0"}
     questions, bad = read_questions(QUERIES)
     if bad:
         raise RuntimeError(f"{QUERIES}: malformed lines {bad}")
     if os.environ.get("PAGEFAULT_BENCH_RESUME") != "1":
         out.unlink(missing_ok=True)
     from pipeline.agent.loop import answer
-    from pipeline.archive.store import Archive
     from pipeline.llm import make_client
 
-    archive = Archive.open(store)
     with llm_endpoint(settings, llm="local", local_model=os.environ.get("ANALYZE_LOCAL_MODEL"),
                       echo=lambda m: print(m, flush=True)) as local:
         client = make_client(local)
@@ -98,4 +141,4 @@ def run(out_dir: Path) -> dict[str, Any]:
     records = load_output(out)
     return {"model": local.model, "threads": default_threads(), "cpus": os.cpu_count(), "strict": True,
             "context_window": local.context_window, "max_steps": local.max_steps, "questions": len(questions),
-            "seconds": result.summary["this_run"]["seconds"], **summarize(records)}
+            "seconds": result.summary["this_run"]["seconds"], **summarize(records), "mechanical": checked}
