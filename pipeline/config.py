@@ -26,6 +26,11 @@ class Settings:
     embed_batch_size: int = 32
     embed_workers: int = 0  # embedding processes; 0: one per core (up to 4) for ingests of 1 MiB or more
     max_file_mb: int = 256  # larger files are refused, never loaded whole into memory
+    # hybrid search (pipeline.archive.search.Fusion; defaults measured by `python -m pipeline.bench retrieval`)
+    fusion: str = "rrf"  # "rrf" (reciprocal rank) or "score" (each list's scores over its best, weighted)
+    rrf_k: int = 5
+    fts_weight: float = 1.0  # weight of the BM25 list; the vector list weighs 1
+    exact_first: bool = True  # chunks holding the query's identifiers (E1234, max_wal_size, 2.4.1) rank first
     # the LLM
     base_url: str | None = None
     api_key: str | None = None
@@ -47,6 +52,9 @@ class Settings:
             "embedder": _env("ANALYZE_EMBEDDER", DEFAULT_EMBEDDER),
             "embed_workers": int(_env("ANALYZE_EMBED_WORKERS", "0")),
             "max_file_mb": int(_env("ANALYZE_MAX_FILE_MB", str(cls.max_file_mb))),
+            "fusion": _env("ANALYZE_FUSION", cls.fusion),
+            "rrf_k": int(_env("ANALYZE_RRF_K", str(cls.rrf_k))),
+            "fts_weight": float(_env("ANALYZE_FTS_WEIGHT", str(cls.fts_weight))),
             "base_url": _env("OPENAI_BASE_URL"),
             "api_key": _env("OPENAI_API_KEY"),
             "model": _env("ANALYZE_MODEL", cls.model),

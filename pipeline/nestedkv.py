@@ -103,6 +103,7 @@ def write_documents(task: KVTask, root: Path) -> None:
 def build_archive(task: KVTask, settings: Settings, workdir: Path, *, progress: bool = True, embedder=None) -> Any:
     """Ingest the task's pairs into a fresh archive under `workdir`; returns it opened for reading."""
     from pipeline.ingest.local import ingest_directory
+    from pipeline.archive.search import Fusion
     from pipeline.archive.store import Archive
 
     docs, store = workdir / "pairs", workdir / "archive"
@@ -110,7 +111,7 @@ def build_archive(task: KVTask, settings: Settings, workdir: Path, *, progress: 
     report = ingest_directory(docs, settings.with_(store=store), progress=progress, embedder=embedder)
     if report.failed:
         raise RuntimeError(f"nested-kv archive: {report.failed} pair files failed to ingest: {report.failures[:3]}")
-    return Archive.open(store, embedder=embedder)
+    return Archive.open(store, embedder=embedder, fusion=Fusion.from_settings(settings))
 
 
 _BASELINE_SYSTEM = ("Answer the question using only the numbered passages below. Copy values exactly. Cite the "

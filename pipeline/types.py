@@ -31,14 +31,15 @@ class SearchResult:
     total: int  # matches in the whole archive, not just on this page
     page: int  # 0-based
     top_k: int  # hits per page
+    total_exact: bool = True  # False: the count stopped at a limit, and `total` is a lower bound
 
     @property
     def pages(self) -> int:
         return max(1, -(-self.total // self.top_k)) if self.top_k else 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "total": self.total, "page": self.page, "top_k": self.top_k,
-                "hits": [h.to_dict() for h in self.hits]}
+        return {"query": self.query, "total": self.total, "total_exact": self.total_exact, "page": self.page,
+                "top_k": self.top_k, "hits": [h.to_dict() for h in self.hits]}
 
 
 @dataclass(frozen=True)

@@ -259,7 +259,7 @@ class Toolbox:
         key = normalize_query(query)
         if key not in self.archival:
             result = self.retriever.search(query, mode="hybrid", top_k=RANKED, page=0)
-            self.archival[key] = Ranking(list(result.hits), result.total)
+            self.archival[key] = Ranking(list(result.hits), result.total, exact=result.total_exact)
         ranking = self.archival[key]
         if not ranking.total:
             return self._nothing(query, "documents", repeated=0 in ranking.shown, ranking=ranking)
@@ -277,7 +277,7 @@ class Toolbox:
         entries = [hit_entry(first + offset, hit) for offset, hit in enumerate(hits)]
         for hit in hits:
             self.retrieved[hit.chunk_id] = hit
-        window = page_window(ranking.total, chosen.number, per_page)
+        window = page_window(ranking.total, chosen.number, per_page, exact=ranking.exact)
         head = f"status: OK\n{chosen.note}{window} for {query!r}. {self._next(ranking, chosen.number, per_page)}"
         text = fit_page(head, entries, "", self.room(), self.context.counter)
         return Outcome(True, text, f"OK: {chosen.note}{window}")
@@ -314,7 +314,7 @@ class Toolbox:
         if isinstance(chosen, Outcome):
             return chosen
         entries = [self._message_entry(messages[i]) for i in ranking.page(chosen.number, per_page)]
-        window = page_window(ranking.total, chosen.number, per_page)
+        window = page_window(ranking.total, chosen.number, per_page, exact=ranking.exact)
         head = f"status: OK\n{chosen.note}{window} for {query!r}. {self._next(ranking, chosen.number, per_page)}"
         return Outcome(True, fit_page(head, entries, "", self.room(), self.context.counter),
                        f"OK: {chosen.note}{window}")

@@ -41,13 +41,17 @@ def page_count(total: int, per_page: int) -> int:
     return max(1, -(-total // per_page))
 
 
-def page_window(total: int, page: int, per_page: int = PAGE_SIZE) -> str:
-    """`Results 6-10 of 37 (page=1 of pages 0-7, 5 a page)`; `page` is 0-based, as the model sends it."""
+def page_window(total: int, page: int, per_page: int = PAGE_SIZE, *, exact: bool = True) -> str:
+    """`Results 6-10 of 37 (page=1 of pages 0-7, 5 a page)`; `page` is 0-based, as the model sends it.
+
+    Not `exact` (the count stopped at a limit): `Results 1-5 of at least 1000 (page=0 of pages 0-199 or more, ...)`.
+    """
     pages = page_count(total, per_page)
     first = page * per_page + 1
     last = min(total, first + per_page - 1)
     span = "page 0 only" if pages == 1 else f"pages 0-{pages - 1}"
-    return f"Results {first}-{last} of {total} (page={page} of {span}, {per_page} a page)"
+    more = ("", "") if exact else ("at least ", " or more")
+    return f"Results {first}-{last} of {more[0]}{total} (page={page} of {span}{more[1]}, {per_page} a page)"
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Ranking(Generic[T]):
     items: list[T]
     total: int
     shown: set[int] = field(default_factory=set)
+    exact: bool = True  # False: `total` is a lower bound (the count stopped at a limit)
 
     def page(self, page: int, per_page: int) -> list[T]:
         return self.items[page * per_page:(page + 1) * per_page]

@@ -1,26 +1,100 @@
-"""Search over the chunks table: the vector and full-text retrievers, their fusion, paging and totals."""
+"""Search over the chunks table: the vector and full-text retrievers, their fusion, paging and totals.
+
+Both retrievers return row ids and scores only; the ranking, the totals and the exact-match tier are computed
+from those, and the text is read for the rows of the page shown and no others.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.archive.schema import SEARCH_COLUMN
+from pipeline.config import Settings
 from pipeline.types import Hit, SearchResult
 
 MODES = ("hybrid", "vector", "fts")
-MAX_MATCHES = 1000  # the most matches counted per retriever when reporting totals
+FUSIONS = ("rrf", "score")
+COUNT_LIMIT = 1000  # matches counted per retriever; past it the total is a lower bound ("at least 1000")
 MIN_SIMILARITY = 0.25  # cosine similarity from which a vector neighbour counts as a match
 COLUMNS = ["chunk_id", "source", "page", "page_end", "heading", "text"]
+NPROBES = 20  # IVF partitions probed per vector query (when the table has a vector index)
+REFINE_FACTOR = 1  # re-rank this many times the wanted neighbours by exact distance
 
 
-def search_chunks(chunks, embedder, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult:
+def vector_index(dim: int):
+    """The vector index LanceDB builds on large tables; NPROBES and REFINE_FACTOR are tuned to it."""
+    from lancedb.index import IvfPq
+
+    return IvfPq(distance_type="cosine", num_sub_vectors=max(1, dim // 8))
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid mode merges the two rankings. Defaults are Settings' (chosen by `python -m pipeline.bench retrieval`).
+
+    rrf: sum of weight / (k + rank) over the two lists (reciprocal-rank fusion). score: a weighted sum of each
+    list's scores divided by that list's best score. With `exact_first`, chunks holding the query's identifiers
+    (tokens with a digit or an underscore, such as `HX-7/220`, `2.4.1`, `max_wal_size`, `E1234`, UUIDs) as phrases
+    rank ahead of the rest, the more of them the earlier.
+    """
+
+    method: str = Settings.fusion
+    rrf_k: int = Settings.rrf_k
+    fts_weight: float = Settings.fts_weight
+    exact_first: bool = Settings.exact_first
+
+    def __post_init__(self) -> None:
+        if self.method not in FUSIONS:
+            raise ValueError(f"unknown fusion {self.method!r}; use one of {', '.join(FUSIONS)}")
+        if self.rrf_k < 0 or self.fts_weight < 0:
+            raise ValueError("rrf_k and fts_weight must not be negative")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Fusion":
+        return cls(settings.fusion, settings.rrf_k, settings.fts_weight, settings.exact_first)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One retriever's matches, best first: row ids and scores (higher is better), `capped` at COUNT_LIMIT."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    capped: bool
+
+    @classmethod
+    def of(cls, table: pa.Table, score: str, limit: int) -> "Ranked":
+        ids = table["_rowid"].to_numpy()
+        values = table[score].to_numpy().astype(np.float64)
+        return cls(ids, 1.0 - values if score == "_distance" else values, table.num_rows >= limit)
+
+
+_IDENTIFIER_EDGES = "\"'`()[]{}<>,;:!?."
+
+
+def identifiers(query: str) -> list[str]:
+    """The query's tokens that name something exactly: a digit or an underscore in them (`E1234`, `max_wal_size`)."""
+    found = []
+    for word in query.split():
+        word = word.strip(_IDENTIFIER_EDGES)
+        if len(word) > 1 and re.search(r"[\d_]", word) and re.search(r"[^\W_]", word) and word not in found:
+            found.append(word)
+    return found
+
+
+def search_chunks(chunks, embedder, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0,
+                  fusion: Fusion = Fusion()) -> SearchResult:
     """Rank chunks for `query` and return page `page` (0-based) of `top_k` hits, with the total of matches.
 
     vector: cosine similarity; a chunk counts as a match from MIN_SIMILARITY. fts: BM25 over the search text
     (heading path and text).
-    hybrid: both lists fused by reciprocal rank (LanceDB's RRF reranker); total is their union.
+    hybrid: both rankings fused as `fusion` says; the total is their union. Totals are exact up to COUNT_LIMIT
+    matches per retriever and a lower bound past it (`SearchResult.total_exact`).
     """
     if mode not in MODES:
         raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
@@ -29,51 +103,87 @@ def search_chunks(chunks, embedder, query: str, *, mode: str = "hybrid", top_k: 
     query = " ".join(query.split())
     if not query:
         return SearchResult(query, [], 0, page, top_k)
-    want = (page + 1) * top_k
-    ranked: pa.Table
     if mode == "vector":
-        ranked = _vector(chunks, embedder, query, MAX_MATCHES)
-        total = ranked.num_rows
+        ids, scores, exact = _single(vector_matches(chunks, embedder.encode([query])[0]))
     elif mode == "fts":
-        ranked = _fts(chunks, query, MAX_MATCHES)
-        total = ranked.num_rows
+        ids, scores, exact = _single(fts_matches(chunks, query))
     else:
-        vector, fts = _vector(chunks, embedder, query, MAX_MATCHES), _fts(chunks, query, MAX_MATCHES)
-        total = len(set(vector["chunk_id"].to_pylist()) | set(fts["chunk_id"].to_pylist()))
-        ranked = _fuse(query, vector, fts, want)
-    rows = ranked.slice(page * top_k, top_k).to_pylist() if ranked.num_rows > page * top_k else []
-    return SearchResult(query, [_hit(row) for row in rows], total, page, top_k)
+        vector, fts = vector_matches(chunks, embedder.encode([query])[0]), fts_matches(chunks, query)
+        tiers = [phrase_matches(chunks, token) for token in identifiers(query)] if fusion.exact_first else []
+        ids, scores = fuse(vector, fts, tiers, fusion)
+        exact = not (vector.capped or fts.capped)
+    shown = slice(page * top_k, (page + 1) * top_k)
+    rows = _rows(chunks, ids[shown])
+    hits = [_hit(rows[int(row_id)], float(score)) for row_id, score in zip(ids[shown], scores[shown])]
+    return SearchResult(query, hits, len(ids), page, top_k, total_exact=exact)
 
 
-def _vector(chunks, embedder, query: str, limit: int) -> pa.Table:
-    vector = embedder.encode([query])[0]
-    return (chunks.search(vector, vector_column_name="vector").distance_type("cosine")
-            .distance_range(upper_bound=1.0 - MIN_SIMILARITY).select([*COLUMNS, "_distance"]).limit(limit)
-            .with_row_id(True).to_arrow())
+def _single(ranked: Ranked) -> tuple[np.ndarray, np.ndarray, bool]:
+    return ranked.ids, ranked.scores, not ranked.capped
 
 
-def _fts(chunks, query: str, limit: int) -> pa.Table:
+def fuse(vector: Ranked, fts: Ranked, tiers: list[np.ndarray], fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:
+    """Row ids of the union of both rankings, best first, and their fused scores.
+
+    The fused score is scaled to 0-1 (1: first in both lists); each identifier phrase a chunk holds adds 1, so
+    chunks holding more of the query's identifiers come first and scores still fall down the list.
+    """
+    ids = np.unique(np.concatenate([vector.ids, fts.ids, *tiers]))
+    score = np.zeros(len(ids))
+    weights = ((vector, 1.0), (fts, fusion.fts_weight))
+    for ranked, weight in weights:
+        where = np.searchsorted(ids, ranked.ids)
+        if fusion.method == "rrf":
+            score[where] += weight / (fusion.rrf_k + 1 + np.arange(len(ranked.ids)))
+        elif len(ranked.ids) and ranked.scores[0] > 0:
+            score[where] += weight * ranked.scores / ranked.scores[0]
+    best = sum(weight / (fusion.rrf_k + 1) if fusion.method == "rrf" else weight for _, weight in weights)
+    score /= best or 1.0
+    for tier in tiers:
+        score[np.searchsorted(ids, tier)] += 1.0
+    order = np.argsort(-score, kind="stable")
+    return ids[order], score[order]
+
+
+def vector_matches(chunks, vector: np.ndarray) -> Ranked:
+    """Chunks at cosine similarity MIN_SIMILARITY or more from `vector`, nearest first.
+
+    The similarity floor is applied here, to the refined (exact) distances: LanceDB's `distance_range` is applied
+    to an IVF-PQ index's approximate distances, which are on another scale, and dropped nearly every match.
+    """
+    table = (chunks.search(vector, vector_column_name="vector").distance_type("cosine").nprobes(NPROBES)
+             .refine_factor(REFINE_FACTOR).select(["_distance"]).limit(COUNT_LIMIT).with_row_id(True).to_arrow())
+    ranked = Ranked.of(table, "_distance", COUNT_LIMIT)
+    keep = ranked.scores >= MIN_SIMILARITY
+    return Ranked(ranked.ids[keep], ranked.scores[keep], ranked.capped and bool(keep[-1]))
+
+
+def fts_matches(chunks, query: str) -> Ranked:
+    """Chunks holding any of the query's words, by BM25."""
     from lancedb.query import MatchQuery
 
-    return (chunks.search(MatchQuery(query, SEARCH_COLUMN), query_type="fts").select([*COLUMNS, "_score"])
-            .limit(limit).with_row_id(True).to_arrow())
+    table = (chunks.search(MatchQuery(query, SEARCH_COLUMN), query_type="fts").select(["_score"]).limit(COUNT_LIMIT)
+             .with_row_id(True).to_arrow())
+    return Ranked.of(table, "_score", COUNT_LIMIT)
 
 
-def _fuse(query: str, vector: pa.Table, fts: pa.Table, limit: int) -> pa.Table:
-    from lancedb.rerankers import RRFReranker
+def phrase_matches(chunks, token: str) -> np.ndarray:
+    """Row ids of the chunks whose indexed text holds `token` as a phrase (its word pieces in order)."""
+    from lancedb.query import PhraseQuery
 
-    if not vector.num_rows or not fts.num_rows:
-        ranked = vector if vector.num_rows else fts
-        return ranked.slice(0, limit)
-    return RRFReranker(return_score="relevance").rerank_hybrid(query, vector, fts).slice(0, limit)
+    table = (chunks.search(PhraseQuery(token, SEARCH_COLUMN), query_type="fts").select(["_score"]).limit(COUNT_LIMIT)
+             .with_row_id(True).to_arrow())
+    return table["_rowid"].to_numpy()
 
 
-def _hit(row: dict[str, Any]) -> Hit:
-    if "_relevance_score" in row:
-        score = row["_relevance_score"]
-    elif "_distance" in row and row["_distance"] is not None:
-        score = 1.0 - row["_distance"]
-    else:
-        score = row.get("_score") or 0.0
+def _rows(chunks, row_ids: np.ndarray) -> dict[int, dict[str, Any]]:
+    """The displayed columns of `row_ids` (and only those rows), by row id."""
+    if not len(row_ids):
+        return {}
+    table = chunks.take_row_ids([int(i) for i in row_ids]).select(COLUMNS).with_row_id().to_arrow()
+    return {row["_rowid"]: row for row in table.to_pylist()}
+
+
+def _hit(row: dict[str, Any], score: float) -> Hit:
     return Hit(chunk_id=row["chunk_id"], source=row["source"], page=row["page"], page_end=row["page_end"],
-               heading=row["heading"] or "", text=row["text"], score=round(float(score), 6))
+               heading=row["heading"] or "", text=row["text"], score=round(score, 6))

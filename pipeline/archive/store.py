@@ -11,7 +11,7 @@ import pyarrow as pa
 from pipeline.archive.lock import LOCK_FILE
 from pipeline.archive.schema import (CHUNKS, DOCUMENT_SCHEMA, DOCUMENTS, META_FILE, SEARCH_COLUMN, StoreError,
                                      StoreMeta, check_format, chunk_schema, read_meta, write_meta)
-from pipeline.archive.search import search_chunks
+from pipeline.archive.search import Fusion, search_chunks, vector_index
 from pipeline.faults import fault_point
 from pipeline.types import SearchResult
 
@@ -26,8 +26,9 @@ def sql_str(value: str) -> str:
 class Archive:
     """A LanceDB store of document chunks. Open read-only with `Archive.open`, for writing with `Archive.create`."""
 
-    def __init__(self, path: Path, db, meta: StoreMeta, *, embedder=None) -> None:
+    def __init__(self, path: Path, db, meta: StoreMeta, *, embedder=None, fusion: Fusion | None = None) -> None:
         self.path = path
+        self.fusion = fusion or Fusion()
         self.db = db
         self.meta = meta
         if embedder is None:
@@ -41,14 +42,18 @@ class Archive:
     # --- opening ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path | str, *, version: int | None = None, embedder=None) -> "Archive":
-        """Open an existing store; `version` pins the chunks table to one LanceDB version (reproducible reads)."""
+    def open(cls, path: Path | str, *, version: int | None = None, embedder=None,
+             fusion: Fusion | None = None) -> "Archive":
+        """Open an existing store; `version` pins the chunks table to one LanceDB version (reproducible reads).
+
+        `fusion` is how hybrid search merges its rankings (default: Settings' defaults).
+        """
         path = Path(path)
         meta = read_meta(path)
         if meta is None:
             raise StoreError(f"no archive at {path}: run `analyze ingest DIR` first (or pass --store)")
         check_format(path, meta)
-        archive = cls(path, lancedb.connect(str(path)), meta, embedder=embedder)
+        archive = cls(path, lancedb.connect(str(path)), meta, embedder=embedder, fusion=fusion)
         if version is not None:
             archive.pin(version)
         return archive
@@ -182,28 +187,37 @@ class Archive:
             self.chunks.delete(f"source IN ({listed})")
             self.documents.delete(f"path IN ({listed})")
 
-    def refresh_indexes(self) -> None:
-        """Build the full-text index (and the vector index once the table is large); fold new rows into them."""
-        from lancedb.index import FTS, BTree, IvfPq
+    def refresh_indexes(self) -> dict[str, float]:
+        """Build the full-text index (and the vector index once the table is large); fold new rows into them.
+
+        Returns the seconds each step took (`fts`, `source`, `vector`: building; `optimize`: folding in).
+        """
+        from lancedb.index import FTS, BTree
 
         names = {index.name: index for index in self.chunks.list_indices()}
         rows = self.count()
+        steps: dict[str, float] = {}
+
+        def step(name: str, work) -> None:
+            started = time.perf_counter()
+            work()
+            steps[name] = round(time.perf_counter() - started, 2)
+
         if not any(SEARCH_COLUMN in index.columns for index in names.values()):
-            self.chunks.create_index(SEARCH_COLUMN, config=FTS(with_position=True), replace=True)
+            step("fts", lambda: self.chunks.create_index(SEARCH_COLUMN, config=FTS(with_position=True), replace=True))
         if not any("source" in index.columns for index in names.values()):
-            self.chunks.create_index("source", config=BTree(), replace=True)
+            step("source", lambda: self.chunks.create_index("source", config=BTree(), replace=True))
         has_vector_index = any("vector" in index.columns for index in names.values())
         if rows >= VECTOR_INDEX_MIN_ROWS and not has_vector_index:
-            self.chunks.create_index("vector", config=IvfPq(distance_type="cosine",
-                                                            num_sub_vectors=max(1, self.meta.dim // 8)))
-        self.chunks.optimize()
-        self.documents.optimize()
+            step("vector", lambda: self.chunks.create_index("vector", config=vector_index(self.meta.dim)))
+        step("optimize", lambda: (self.chunks.optimize(), self.documents.optimize()))
+        return steps
 
     # --- search --------------------------------------------------------------------------------------------------
 
     def search(self, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult:
         """Page `page` (0-based) of `top_k` hits for `query`, with the total of matches (see `search_chunks`)."""
-        return search_chunks(self.chunks, self.embedder, query, mode=mode, top_k=top_k, page=page)
+        return search_chunks(self.chunks, self.embedder, query, mode=mode, top_k=top_k, page=page, fusion=self.fusion)
 
 
 def table_names(path: Path) -> set[str]:

@@ -15,10 +15,12 @@ from pipeline.types import Answer
 
 def open_archive(store: str) -> Any:
     """The archive at `store`, or a one-line `ClickException` when there is none."""
+    from pipeline.archive.search import Fusion
     from pipeline.archive.store import Archive, StoreError
+    from pipeline.config import Settings
 
     try:
-        return Archive.open(store)
+        return Archive.open(store, fusion=Fusion.from_settings(Settings.from_env()))
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
 

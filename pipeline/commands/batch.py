@@ -32,10 +32,11 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
     if rpm:
         client = RateLimitedClient(client, RateLimiter(rpm))
     from pipeline.agent.loop import answer
+    from pipeline.archive.search import Fusion
     from pipeline.archive.store import Archive, StoreError
 
     try:
-        archive = Archive.open(settings.store)
+        archive = Archive.open(settings.store, fusion=Fusion.from_settings(settings))
         archive.pin(store_version)  # the latest version unless resuming: ingest beside us changes nothing
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None

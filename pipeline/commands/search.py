@@ -15,7 +15,7 @@ from pipeline.cli import store_option
 @click.argument("query", required=False)
 @store_option
 @click.option("--mode", type=click.Choice(["hybrid", "vector", "fts"]), default="hybrid", show_default=True,
-              help="hybrid fuses vector and BM25 rankings by reciprocal rank.")
+              help="hybrid fuses the vector and BM25 rankings, chunks holding the query's identifiers first.")
 @click.option("--top-k", "-k", type=click.IntRange(1), default=5, show_default=True, help="Hits per page.")
 @click.option("--page", type=click.IntRange(0), default=0, show_default=True, help="0-based page of top-k hits.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of hits.")
@@ -25,13 +25,15 @@ from pipeline.cli import store_option
 def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_json: bool,
             queries_file: Path | None) -> None:
     """Search archival memory for QUERY and show the best chunks with their source and page."""
+    from pipeline.archive.search import Fusion
     from pipeline.archive.store import Archive, StoreError
     from pipeline.terminal import safe
+    from pipeline.config import Settings
 
     if (query is None) == (queries_file is None):
         raise click.UsageError("give either a QUERY or --queries FILE")
     try:
-        archive = Archive.open(store)
+        archive = Archive.open(store, fusion=Fusion.from_settings(Settings.from_env()))
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     if queries_file is not None:
@@ -45,7 +47,7 @@ def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_
             click.echo(f"{queries_file}:{line.line}: {line.reason}", err=True)
         for q in queries:
             result = archive.search(q.question, mode=mode, top_k=top_k, page=page)
-            click.echo(json.dumps({"id": q.id, "query": q.question, "total": result.total,
+            click.echo(json.dumps({"id": q.id, "query": q.question, "total": result.total, "total_exact": result.total_exact,
                                    "hits": [_hit_json(h) for h in result.hits]}))
         if bad:
             sys.exit(1)
@@ -56,10 +58,12 @@ def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_
         return
     first = page * top_k + 1
     if not result.hits:
-        click.echo(f"No results on page {page + 1} ({result.total} matches in all).")
+        click.echo(f"No results on page {page + 1} ({'' if result.total_exact else 'at least '}{result.total} "
+                   "matches in all).")
         return
-    click.echo(f"Showing results {first}-{first + len(result.hits) - 1} of {result.total} "
-               f"(page {page + 1} of {result.pages}, {mode})")
+    bound = "" if result.total_exact else "at least "
+    click.echo(f"Showing results {first}-{first + len(result.hits) - 1} of {bound}{result.total} "
+               f"(page {page + 1} of {bound}{result.pages}, {mode})")
     for rank, hit in enumerate(result.hits, start=first):
         where = hit.source + (f" p.{hit.page}" if hit.page else "") + (f" · {hit.heading}" if hit.heading else "")
         click.echo(safe(f"\n[{rank}] {where}  (score {hit.score:.3f}, {hit.chunk_id})"))

@@ -1,0 +1,137 @@
+"""Hybrid fusion: exact identifiers first, BM25's best not buried, totals without reading the text of unshown rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.archive import search
+from pipeline.archive.search import Fusion, Ranked, fuse, identifiers
+from pipeline.cli import main
+
+
+def ranked(ids: list[int], capped: bool = False) -> Ranked:
+    return Ranked(np.array(ids, dtype=np.uint64), np.linspace(1.0, 0.5, len(ids)), capped)
+
+
+def test_identifiers_are_tokens_with_a_digit_or_underscore():
+    query = 'What does "max_wal_size" do, and E1234, HX-7/220, 2.4.1 or 0x3fa9? a:b (state-of-the-art) 7'
+    assert identifiers(query) == ["max_wal_size", "E1234", "HX-7/220", "2.4.1", "0x3fa9"]
+
+
+def test_bm25_first_is_not_buried_under_chunks_mediocre_in_both_lists():
+    """The measured defect: with RRF k=60, BM25's first hit (absent from the vector list) fell below chunks
+    ranked 20th in both lists."""
+    noise = list(range(100, 140))
+    vector, fts = ranked(noise), ranked([7] + noise[::-1])  # the vector list is noise: its order unrelated
+    old = fuse(vector, fts, [], Fusion("rrf", 60, 1.0, False))[0].tolist()
+    assert old.index(7) > 10  # reproduces the defect with the old fusion
+    assert fuse(vector, fts, [], Fusion())[0].tolist().index(7) < 3
+
+
+def test_exact_tier_ranks_phrase_matches_first_and_scores_still_fall():
+    vector, fts = ranked([1, 2, 3, 4]), ranked([2, 1, 3, 5])
+    ids, scores = fuse(vector, fts, [np.array([5], dtype=np.uint64), np.array([5, 4], dtype=np.uint64)], Fusion())
+    assert ids.tolist()[:2] == [5, 4] and set(ids.tolist()) == {1, 2, 3, 4, 5}
+    assert all(np.diff(scores) <= 0)
+
+
+def test_fusion_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="unknown fusion"):
+        Fusion("mean")
+
+
+@pytest.fixture(scope="module")
+def identifier_archive(tmp_path_factory, embedder):
+    """A real archive of generated manuals full of identifiers and their near-miss twins."""
+    from pipeline.archive.store import Archive
+    from pipeline.config import Settings
+    from pipeline.idcorpus import generate
+    from pipeline.ingest.local import ingest_directory
+
+    root = tmp_path_factory.mktemp("identifiers")
+    lookups = generate(root / "docs", documents=20, facts_per_document=12, seed=3)
+    settings = Settings.from_env(store=root / "store")
+    assert ingest_directory(root / "docs", settings, progress=False, embedder=embedder).failed == 0
+    return Archive.open(settings.store, embedder=embedder), lookups
+
+
+@pytest.mark.slow
+def test_a_query_holding_an_identifier_gets_a_chunk_with_it_first(identifier_archive):
+    from pipeline.idcorpus import contains_token
+
+    archive, lookups = identifier_archive
+    assert {lookup.kind for lookup in lookups} == {"uuid", "part", "version", "option", "error", "hex"}
+    missed = [lookup.query for lookup in lookups
+              if not contains_token(archive.search(lookup.query, mode="hybrid", top_k=1).hits[0].text, lookup.token)]
+    assert missed == []
+    archive.fusion = Fusion("rrf", 60, 1.0, False)  # LanceDB's RRF, as before: the defect reproduces
+    before = [lookup.query for lookup in lookups
+              if not contains_token(archive.search(lookup.query, mode="hybrid", top_k=1).hits[0].text, lookup.token)]
+    archive.fusion = Fusion()
+    assert before
+
+
+class TextReads:
+    """The real chunks table, counting every row of `text` that any query or take hands back."""
+
+    def __init__(self, table) -> None:
+        self.table, self.rows = table, 0
+
+    def __getattr__(self, name):
+        attribute = getattr(self.table, name)
+        if name not in ("search", "take_row_ids"):
+            return attribute
+        return lambda *args, **kwargs: _Counted(attribute(*args, **kwargs), self)
+
+
+class _Counted:
+    def __init__(self, builder, reads: TextReads) -> None:
+        self.builder, self.reads = builder, reads
+
+    def __getattr__(self, name):
+        attribute = getattr(self.builder, name)
+        if name == "to_arrow":
+            def to_arrow():
+                table = attribute()
+                self.reads.rows += table.num_rows if "text" in table.column_names else 0
+                return table
+            return to_arrow
+        return lambda *args, **kwargs: _Counted(attribute(*args, **kwargs), self.reads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "fts"])
+def test_totals_are_counted_without_reading_the_text_of_unshown_rows(tiny_archive, mode):
+    reads = TextReads(tiny_archive.chunks)
+    result = search.search_chunks(reads, tiny_archive.embedder, "pump seals alpacas espresso Titan tart", mode=mode,
+                                  top_k=2, page=1)
+    assert result.total > 4 and result.total_exact and len(result.hits) == 2
+    assert reads.rows == 2
+
+
+@pytest.mark.slow
+def test_a_total_cut_at_the_count_limit_says_so(tiny_archive, monkeypatch):
+    monkeypatch.setattr(search, "COUNT_LIMIT", 1)
+    result = tiny_archive.search("pump", mode="fts", top_k=1)
+    assert (result.total, result.total_exact) == (1, False)
+    out = CliRunner().invoke(main, ["search", "pump", "--store", str(tiny_archive.path), "--mode", "fts", "-k", "1"])
+    assert "Showing results 1-1 of at least 1 (page 1 of at least 1, fts)" in out.output
+
+
+def test_vector_matches_through_an_ivf_pq_index_keep_their_similarity_floor(tmp_path):
+    """The measured defect: `distance_range` was applied to IVF-PQ's approximate distances (another scale), so
+    vector search on an indexed table (50,000 chunks and up) dropped nearly every match."""
+    import lancedb
+
+    from pipeline.bench.search_latency import Corpus
+
+    rows = Corpus().batch(0, 3000)
+    table = lancedb.connect(str(tmp_path)).create_table("chunks", rows)
+    table.create_index("vector", config=search.vector_index(384))
+    vectors = np.stack(rows["vector"].to_numpy(zero_copy_only=False))
+    for n in (17, 1234, 2999):  # chunks with neighbours of their own topic (cosine about 0.6)
+        found = search.vector_matches(table, vectors[n])
+        exact = np.nonzero(vectors @ vectors[n] >= search.MIN_SIMILARITY)[0]
+        assert len(exact) > 1 and found.ids[0] == n and sorted(found.ids.tolist()) == exact.tolist()
