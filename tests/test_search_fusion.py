@@ -107,7 +107,7 @@ def test_totals_are_counted_without_reading_the_text_of_unshown_rows(tiny_archiv
     reads = TextReads(tiny_archive.chunks)
     result = search.search_chunks(reads, tiny_archive.embedder, "pump seals alpacas espresso Titan tart", mode=mode,
                                   top_k=2, page=1)
-    assert result.total > 4 and result.total_exact and len(result.hits) == 2
+    assert result.total >= 4 and result.total_exact and len(result.hits) == 2  # rows 3-4 shown, others not read
     assert reads.rows == 2
 
 
