@@ -327,12 +327,12 @@ def test_session_keeps_working_memory_and_conversation(tmp_path):
 def test_a_torn_recall_line_is_repaired_and_damaged_state_is_one_clear_line(tmp_path):
     settings = Settings(store=tmp_path / "archive")
     folder = tmp_path / "sessions" / "s1"
-    first = ScriptedChatClient([text_reply("yes")])
+    first = ScriptedChatClient([text_reply("yes")] * 2)  # a first-act answer is refused once (search first)
     assert answer("Pressure?", retriever=FakeRetriever(HITS), client=first, settings=settings, session="s1").status == "ok"
     recall = folder / "recall.jsonl"
     whole = recall.read_bytes()
     recall.write_bytes(whole + b'{"role": "user", "content": "torn by a k')  # killed mid-append
-    again = ScriptedChatClient([text_reply("still yes")])
+    again = ScriptedChatClient([text_reply("still yes")] * 2)
     result = answer("Again?", retriever=FakeRetriever(HITS), client=again, settings=settings, session="s1")
     assert result.status == "ok", result.error
     assert recall.read_bytes().startswith(whole) and b"torn by a k" not in recall.read_bytes()
