@@ -250,7 +250,7 @@ def test_real_openai_client_against_an_endpoint_that_always_invents(tmp_path: Pa
 
     with FakeEndpoint(_always_invents) as endpoint:
         settings = Settings(base_url=endpoint.base_url, api_key="x", model="fake-model", strict=strict)
-        monkeypatch.setattr("pipeline.archive.store.Archive.open", lambda store: _Pinned(MANUAL))
+        monkeypatch.setattr("pipeline.archive.store.Archive.open", lambda store, **_: _Pinned(MANUAL))
         answer_fn, meta = build_answer_fn(settings, rpm=None, store_version=None)
         out = tmp_path / "out.jsonl"
         run_batch([Question(id="q12", question="What is the retail price of the Hydra-7?")], out, answer_fn,
