@@ -290,7 +290,8 @@ def test_no_request_ever_exceeds_the_window(window, sizes, moves, final, tool_mo
             "unknown": lambda: call("no_such_function", {}),
             "bad": lambda: tool_reply(SEARCH, '{"query": ') if tool_mode == "tools" else text_reply("{oops"),
         }[move]())
-    client = ScriptedChatClient(replies + [text_reply("final " * final)], intercept=summaries("s " * 2000))
+    # twice: an answer given before any successful call is refused once, then taken
+    client = ScriptedChatClient(replies + [text_reply("final " * final)] * 2, intercept=summaries("s " * 2000))
     result, client, _ = run(client, hits=hits, window=window, tool_mode=tool_mode, max_steps=16)
     assert result.status == "ok", result.error
     assert_within_window(client, window)
