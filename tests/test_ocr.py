@@ -179,8 +179,9 @@ def test_missing_engine_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rapidocr" else real(name, *a))
     out = CliRunner().invoke(main, ["ingest", str(tmp_path / "docs"), "--store", str(tmp_path / "s"), "-q"])
     assert out.exit_code == 1
-    assert out.output.strip().splitlines() == ["Error: OCR needs rapidocr and onnxruntime: pip install rapidocr==3.10.0 "
-                                               "onnxruntime==1.32.0 (or `make setup`), or ingest with --ocr off"]
+    assert out.output.strip().splitlines() == ["Error: OCR needs rapidocr and onnxruntime: pip install "
+                                               "rapidocr==3.10.0 onnxruntime==1.32.0 (or `make setup`), or ingest "
+                                               "with --ocr off"]
     monkeypatch.setenv("ANALYZE_OCR", "off")
     assert Settings.from_env().ocr == "off"
 

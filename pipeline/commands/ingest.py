@@ -39,7 +39,8 @@ def command(directory: str, store: str, embedder: str | None, chunk_tokens: int 
 
     Finds .pdf .txt .md .html .htm .docx files (hidden files skipped), parses PDFs page by page with pypdf (pages
     without a usable text layer are rendered and read by OCR) and the rest with unstructured, chunks them with
-    the embedder's tokenizer, embeds and stores them with their source, page and heading. Unchanged files are skipped, changed ones replaced, removed ones deleted.
+    the embedder's tokenizer, embeds and stores them with their source, page and heading. Unchanged files are
+    skipped, changed ones replaced, removed ones deleted.
 
     One ingest writes a store at a time (a writer lock held for the whole run); `search`, `ask`, `batch`
     and `status` are never blocked by it.

@@ -174,19 +174,22 @@ class _Renderer:
 
 
 def read_page(engine: Engine, renderer: _Renderer, path: str, number: int) -> PageText:
-    """Render page `number` of the PDF at `path` and OCR it; a page that cannot be rendered says why."""
+    """Render page `number` of the PDF at `path` and OCR it; a page that cannot be rendered or read says why."""
     try:
         image = renderer.render(path, number)
     except Exception as exc:  # pdfium raises PdfiumError, and assorted errors on damaged pages
         return PageText("", None, error=f"page {number} failed to render: {first_line(exc)}")
-    return engine.read(image)
+    try:
+        return engine.read(image)
+    except Exception as exc:  # onnxruntime or OpenCV on a picture they cannot take: the page, not the document
+        return PageText("", None, error=f"page {number} could not be read by OCR: {first_line(exc)}")
 
 
 class PageReader:
     """Decides which pages of a PDF are OCR'd and reads them, in `workers` processes (or here when 1).
 
     `mode`: auto (pages whose text layer is empty, or thin on a page mostly covered by pictures), force (every
-    page that draws anything), off (none: never constructed). Use as a context manager.
+    page that draws anything), off (none). Use as a context manager.
     """
 
     def __init__(self, mode: str = "auto", workers: int = 1) -> None:

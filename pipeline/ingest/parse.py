@@ -43,8 +43,11 @@ class OcrTally:
     failed: list[str] = field(default_factory=list)  # one line per page that could not be read
 
     def warning(self) -> str | None:
-        """One line naming the pages that could not be read, or None."""
-        return "; ".join(self.failed) or None
+        """One line saying which pages could not be read (the first, and how many more), or None."""
+        if not self.failed:
+            return None
+        more = len(self.failed) - 1
+        return self.failed[0] + (f" (and {more} more page{'s' * (more > 1)})" if more else "")
 
 
 @dataclass
@@ -114,7 +117,17 @@ def _pdf_pages(reader, path: Path, ocr: PageReader | None, tally: OcrTally) -> I
     headings = _outline_headings(reader)
     heading = ""
     window: deque[_Page] = deque()
-    found = False
+    found = 0
+
+    def drain(everything: bool) -> Iterator[Section]:
+        nonlocal found
+        while window and (everything or window[0].ocr is None or window[0].ocr.done()
+                          or len(window) > ocr.lookahead):
+            section = _page_section(window.popleft(), path, ocr, tally)
+            if section is not None:
+                found += 1
+                yield section
+
     for number, page in enumerate(reader.pages, start=1):
         heading = headings.get(number, heading)
         try:
@@ -123,19 +136,14 @@ def _pdf_pages(reader, path: Path, ocr: PageReader | None, tally: OcrTally) -> I
             raise ParseError(f"corrupt PDF page {number}: {first_line(exc)}") from exc
         wanted = ocr is not None and ocr.wants(str(path), number, text)
         window.append(_Page(number, heading, text, ocr.submit(str(path), number) if wanted else None))
-        while window and (window[0].ocr is None or window[0].ocr.done() or len(window) > ocr.lookahead):
-            for section in _page_sections(window.popleft(), path, ocr, tally):
-                found = True
-                yield section
-    while window:
-        for section in _page_sections(window.popleft(), path, ocr, tally):
-            found = True
-            yield section
+        yield from drain(everything=False)
+    yield from drain(everything=True)
     if not found:
         raise ParseError(_nothing_found(ocr, tally))
 
 
-def _page_sections(page: _Page, path: Path, ocr: PageReader | None, tally: OcrTally) -> Iterator[Section]:
+def _page_section(page: _Page, path: Path, ocr: PageReader | None, tally: OcrTally) -> Section | None:
+    """The page's text: what OCR read when it was asked to and found text, else its text layer (if any)."""
     if page.ocr is not None:
         assert ocr is not None
         read = ocr.result(page.ocr, str(path), page.number)
@@ -145,17 +153,16 @@ def _page_sections(page: _Page, path: Path, ocr: PageReader | None, tally: OcrTa
             tally.pages += 1
             tally.low_confidence += low_ocr_confidence(read.confidence)
             if read.text.strip():
-                yield Section(text=read.text, page=page.number, heading=page.heading,
-                              ocr_confidence=read.confidence)
-                return
+                return Section(text=read.text, page=page.number, heading=page.heading, ocr_confidence=read.confidence)
     if page.text.strip():  # a good text layer, or a thin one where OCR found nothing or failed
-        yield Section(text=page.text, page=page.number, heading=page.heading)
+        return Section(text=page.text, page=page.number, heading=page.heading)
+    return None
 
 
 def _nothing_found(ocr: PageReader | None, tally: OcrTally) -> str:
     """Why a PDF gave no text at all."""
     if tally.failed and not tally.pages:
-        return f"no text layer, and {tally.failed[0]}" + (f" (and {len(tally.failed) - 1} more)" if len(tally.failed) > 1 else "")
+        return f"no text layer, and {tally.warning()}"
     if tally.pages:
         return "no text layer and OCR found no text"
     return "no extractable text" + (" (OCR is off)" if ocr is None or ocr.mode == "off" else "")
