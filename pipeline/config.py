@@ -31,6 +31,8 @@ class Settings:
     rrf_k: int = 5
     fts_weight: float = 1.0  # weight of the BM25 list; the vector list weighs 1
     exact_first: bool = True  # chunks holding the query's identifiers (E1234, max_wal_size, 2.4.1) rank first
+    ocr: str = "auto"  # PDF pages read by OCR: "auto" (no usable text layer), "force" (all), "off" (none)
+    ocr_workers: int = 0  # OCR processes; 0: one per core (up to 4), started at the first page that needs OCR
     # the LLM
     base_url: str | None = None
     api_key: str | None = None
@@ -55,6 +57,8 @@ class Settings:
             "fusion": _env("ANALYZE_FUSION", cls.fusion),
             "rrf_k": int(_env("ANALYZE_RRF_K", str(cls.rrf_k))),
             "fts_weight": float(_env("ANALYZE_FTS_WEIGHT", str(cls.fts_weight))),
+            "ocr": _env("ANALYZE_OCR", cls.ocr),
+            "ocr_workers": int(_env("ANALYZE_OCR_WORKERS", "0")),
             "base_url": _env("OPENAI_BASE_URL"),
             "api_key": _env("OPENAI_API_KEY"),
             "model": _env("ANALYZE_MODEL", cls.model),

@@ -151,7 +151,7 @@ def baseline_answer(question: str, *, retriever: Retriever, client: ChatClient, 
         return Answer(question, "", status="error", error=str(exc))
     text = (reply.content or "").strip()
     cited = {int(n) for n in re.findall(r"\[(\d+)\]", text)}
-    citations = [Citation(h.source, h.page, h.chunk_id) for i, h in enumerate(hits, start=1) if i in cited]
+    citations = [Citation.of(h) for i, h in enumerate(hits, start=1) if i in cited]
     usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
     step = Step("retrieve_and_read", {"query": question, "passages": len(blocks)},
                 f"{len(blocks)} passages in one prompt", reply.prompt_tokens, reply.completion_tokens)

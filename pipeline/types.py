@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+LOW_OCR_CONFIDENCE = 0.85  # text read by OCR with a lower mean recognition score is kept, but marked as shaky
+
+
+def low_ocr_confidence(confidence: float | None) -> bool:
+    """Whether OCR'd text of this confidence may hold misread characters (None: not OCR'd)."""
+    return confidence is not None and confidence < LOW_OCR_CONFIDENCE
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -17,9 +24,15 @@ class Hit:
     heading: str
     text: str
     score: float
+    ocr: bool = False  # the text was read from a picture of the page, not from its text layer
+    ocr_confidence: float | None = None  # the page's mean OCR recognition score (0-1); None without OCR
+
+    @property
+    def low_confidence(self) -> bool:
+        return low_ocr_confidence(self.ocr_confidence)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"low_confidence": self.low_confidence}
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,19 @@ class Citation:
     page: int | None
     chunk_id: str
     inferred: bool = False
+    ocr: bool = False
+    ocr_confidence: float | None = None
+
+    @classmethod
+    def of(cls, hit: Hit, *, inferred: bool = False) -> "Citation":
+        return cls(hit.source, hit.page, hit.chunk_id, inferred, hit.ocr, hit.ocr_confidence)
+
+    @property
+    def low_confidence(self) -> bool:
+        return low_ocr_confidence(self.ocr_confidence)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(self) | {"low_confidence": self.low_confidence}
         if not self.inferred:
             del d["inferred"]  # cited by the model: the plain form
         return d

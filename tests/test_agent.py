@@ -69,7 +69,8 @@ def test_multi_step_paging_reports_true_totals_and_cites_what_was_read():
     assert "Results 1-5 of 12 (page=0 of pages 0-2, 5 a page)" in first and "Next: page=1." in first
     assert "Results 6-10 of 12 (page=1 of pages 0-2, 5 a page)" in second
     assert "chunk_id: c07 | source: log1.pdf | page: 8" in second
-    assert [c.to_dict() for c in result.citations] == [{"source": "log1.pdf", "page": 8, "chunk_id": "c07"}]
+    assert [c.to_dict() for c in result.citations] == [{"source": "log1.pdf", "page": 8, "chunk_id": "c07", "ocr": False,
+                                                        "ocr_confidence": None, "low_confidence": False}]
     assert [s.function for s in result.steps] == [SEARCH, SEARCH, "send_message"]
     assert result.steps[1].result == "OK: Results 6-10 of 12 (page=1 of pages 0-2, 5 a page)"
 
@@ -370,7 +371,8 @@ def test_real_openai_client_over_http_in_both_tool_modes(tool_mode):
         result = answer("Pressure in entry 7?", retriever=FakeRetriever(HITS), client=OpenAIChatClient(settings),
                         settings=settings)
     assert result.status == "ok" and result.answer == "47 bar"
-    assert [c.to_dict() for c in result.citations] == [{"source": "log1.pdf", "page": 8, "chunk_id": "c07"}]
+    assert [c.to_dict() for c in result.citations] == [{"source": "log1.pdf", "page": 8, "chunk_id": "c07", "ocr": False,
+                                                        "ocr_confidence": None, "low_confidence": False}]
     assert result.usage == {"prompt_tokens": 2300, "completion_tokens": 35}
     first, second = endpoint.requests
     if tool_mode == "tools":

@@ -76,7 +76,8 @@ def test_json_output_and_trace_on_stderr(clean_env, retriever):
     data = json.loads(result.stdout)
     assert set(data) == {"question", "answer", "citations", "steps", "usage", "status", "error", "grounded",
                          "unsupported", "withheld"}
-    assert data["status"] == "ok" and data["citations"][0] == {"source": "manual.pdf", "page": 2, "chunk_id": "m1"}
+    assert data["status"] == "ok" and data["citations"][0] == {"source": "manual.pdf", "page": 2, "chunk_id": "m1",
+                                                           "ocr": False, "ocr_confidence": None, "low_confidence": False}
     assert [s["function"] for s in data["steps"]] == ["archival_memory_search", "send_message"]
     assert "step 1: archival_memory_search(query='Hydra-7 pump')" in result.stderr
     assert sent_model == "my-model"

@@ -208,7 +208,8 @@ def test_citations_are_inferred_from_the_support_when_the_model_cites_none():
     result, _, _ = run([search(), text_reply("Ingrid Solberg handles claims; the pump is rated for 42 bar.")])
     assert result.grounded is True
     assert [(c.chunk_id, c.inferred) for c in result.citations] == [("m61", True), ("m09", True)]
-    assert result.citations[0].to_dict() == {"source": "manual.pdf", "page": 61, "chunk_id": "m61", "inferred": True}
+    assert result.citations[0].to_dict() == {"source": "manual.pdf", "page": 61, "chunk_id": "m61", "inferred": True,
+                                             "ocr": False, "ocr_confidence": None, "low_confidence": False}
 
 
 def test_a_plain_reply_is_checked_too_and_json_mode_keeps_roles_alternating():

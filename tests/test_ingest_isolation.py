@@ -99,8 +99,8 @@ def test_a_file_changed_while_read_fails_then_lands_next_run(tmp_path, embedder,
     (corpus / "still.txt").write_text("A note that nobody edits.")
     real = local.parse
 
-    def parse_while_written(path):
-        parsed = real(path)
+    def parse_while_written(path, *rest):
+        parsed = real(path, *rest)
         if path.name == "live.txt":  # another process appends while we parse
             with open(path, "a") as handle:
                 handle.write(" More lines arrive.")

@@ -89,7 +89,9 @@ def test_cli_search_json_and_queries_file(tiny_archive, tmp_path):
     out = runner.invoke(main, ["search", "espresso price", "--store", str(tiny_archive.path), "--json", "-k", "2"])
     assert out.exit_code == 0, out.output
     hits = json.loads(out.output)
-    assert hits[0]["source"] == "menu.html" and set(hits[0]) == {"chunk_id", "source", "page", "heading", "text", "score"}
+    assert hits[0]["source"] == "menu.html" and set(hits[0]) == {"chunk_id", "source", "page", "heading", "text", "score",
+                                                                 "ocr", "ocr_confidence", "low_confidence"}
+    assert (hits[0]["ocr"], hits[0]["ocr_confidence"], hits[0]["low_confidence"]) == (False, None, False)
 
     queries = tmp_path / "q.jsonl"
     queries.write_text('{"id": "a", "query": "Titan orbit"}\n{"id": "b", "query": "lemon tart"}\n')

@@ -33,6 +33,5 @@ def check(message: str, cited: list[str], retrieved: dict[str, Hit]) -> tuple[li
         if not found:
             dropped.append(entry)
     kept += ids_in(message, retrieved)
-    citations = [Citation(source=retrieved[cid].source, page=retrieved[cid].page, chunk_id=cid)
-                 for cid in dict.fromkeys(kept)]
+    citations = [Citation.of(retrieved[cid]) for cid in dict.fromkeys(kept)]
     return citations, list(dict.fromkeys(dropped))

@@ -182,7 +182,11 @@ def _hit_label(hit: Hit) -> str:
     else:
         where = f" | page: {hit.page}"
     heading = f" | heading: {hit.heading}" if hit.heading else ""
-    return f"chunk_id: {hit.chunk_id} | source: {hit.source}{where}{heading}"
+    ocr = ""
+    if hit.ocr:
+        ocr = (f" | read by OCR, low confidence {hit.ocr_confidence:.2f}: words may be misread" if hit.low_confidence
+               else " | read by OCR")
+    return f"chunk_id: {hit.chunk_id} | source: {hit.source}{where}{heading}{ocr}"
 
 
 def hit_entry(rank: int, hit: Hit) -> tuple[str, str]:

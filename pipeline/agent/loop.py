@@ -259,8 +259,7 @@ class _Run:
         kept = self._citations(message, cited)
         verdict = self._ground(message, [c.chunk_id for c in kept])
         if not kept:
-            kept = [Citation(hit.source, hit.page, cid, inferred=True)
-                    for cid in verdict.supporting if (hit := self.toolbox.retrieved[cid])]
+            kept = [Citation.of(self.toolbox.retrieved[cid], inferred=True) for cid in verdict.supporting]
         self.result.grounded, self.result.unsupported = verdict.grounded, verdict.unsupported
         if not verdict.grounded:
             self.log(f"  grounding: still unsupported: {', '.join(verdict.unsupported)}")

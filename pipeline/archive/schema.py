@@ -13,7 +13,8 @@ from pipeline.files import atomic_write, utc_now
 CHUNKS = "chunks"
 DOCUMENTS = "documents"
 META_FILE = "pagefault.json"
-# Version 2: chunks carry `search_text` (heading path + text), which is what is embedded and full-text indexed.
+# Version 2: chunks carry `search_text` (heading path + text), which is what is embedded and full-text indexed,
+# and `ocr`/`ocr_confidence`; documents carry `warning` and what OCR did (`ocr_mode`, `ocr_pages`, `ocr_low_pages`).
 # A store without `format_version` in its meta file was written by the previous release: version 1.
 FORMAT_VERSION = 2
 SEARCH_COLUMN = "search_text"  # the chunk column that is embedded and BM25-indexed; `text` is for display
@@ -51,6 +52,8 @@ def chunk_schema(dim: int) -> pa.Schema:
         pa.field(SEARCH_COLUMN, pa.string()),  # what is embedded and indexed: the heading path, then the text
         pa.field("content_hash", pa.string()),  # of the search text: equal hashes share a vector on re-ingest
         pa.field("ordinal", pa.int32()),
+        pa.field("ocr", pa.bool_()),  # the text was read by OCR from a picture of the page
+        pa.field("ocr_confidence", pa.float32()),  # that page's mean recognition score (0-1); null without OCR
         pa.field("vector", pa.list_(pa.float32(), dim)),
     ])
 
@@ -65,6 +68,10 @@ DOCUMENT_SCHEMA = pa.schema([
     pa.field("chunks", pa.int32()),
     pa.field("status", pa.string()),  # "ok" or "failed"
     pa.field("error", pa.string()),
+    pa.field("warning", pa.string()),  # an ok document that lost something: pages that could not be read
+    pa.field("ocr_mode", pa.string()),  # the --ocr mode a PDF was read with (null for other formats)
+    pa.field("ocr_pages", pa.int32()),  # pages read by OCR
+    pa.field("ocr_low_pages", pa.int32()),  # of which with a mean recognition score below LOW_OCR_CONFIDENCE
     pa.field("ingested_at", pa.string()),
 ])
 

@@ -21,7 +21,7 @@ MODES = ("hybrid", "vector", "fts")
 FUSIONS = ("rrf", "score")
 COUNT_LIMIT = 1000  # matches counted per retriever; past it the total is a lower bound ("at least 1000")
 MIN_SIMILARITY = 0.25  # cosine similarity from which a vector neighbour counts as a match
-COLUMNS = ["chunk_id", "source", "page", "page_end", "heading", "text"]
+COLUMNS = ["chunk_id", "source", "page", "page_end", "heading", "text", "ocr", "ocr_confidence"]
 NPROBES = 20  # IVF partitions probed per vector query (when the table has a vector index)
 REFINE_FACTOR = 1  # re-rank this many times the wanted neighbours by exact distance
 
@@ -185,5 +185,7 @@ def _rows(chunks, row_ids: np.ndarray) -> dict[int, dict[str, Any]]:
 
 
 def _hit(row: dict[str, Any], score: float) -> Hit:
+    confidence = row["ocr_confidence"]
     return Hit(chunk_id=row["chunk_id"], source=row["source"], page=row["page"], page_end=row["page_end"],
-               heading=row["heading"] or "", text=row["text"], score=round(score, 6))
+               heading=row["heading"] or "", text=row["text"], score=round(score, 6), ocr=bool(row["ocr"]),
+               ocr_confidence=None if confidence is None else round(float(confidence), 4))

@@ -62,7 +62,8 @@ class Corpus:
         columns = {"chunk_id": [f"c{i}" for i in ids], "source": [f"doc-{i // 50}.pdf" for i in ids],
                    "page": (ids % 300 + 1).astype(np.int32), "page_end": (ids % 300 + 1).astype(np.int32),
                    "heading": ["Synthetic"] * count, "text": self.texts(rng, topics, WORDS_PER_CHUNK),
-                   "content_hash": [f"h{i}" for i in ids], "ordinal": (ids % 1000).astype(np.int32)}
+                   "content_hash": [f"h{i}" for i in ids], "ordinal": (ids % 1000).astype(np.int32),
+                   "ocr": [False] * count, "ocr_confidence": [None] * count}
         columns[SEARCH_COLUMN] = columns["text"]
         vectors = self.vectors(rng, topics)
         arrays = [pa.array(columns[f.name], type=f.type) for f in chunk_schema(DIM) if f.name != "vector"]

@@ -38,6 +38,9 @@ def format_answer(result: Answer) -> str:
         lines += ["", "Sources:"]
         for number, citation in enumerate(result.citations, start=1):
             where = f", page {citation.page}" if citation.page is not None else ""
+            if citation.ocr:
+                where += (f" (OCR, low confidence {citation.ocr_confidence:.2f})" if citation.low_confidence
+                          else " (OCR)")
             inferred = " (inferred: the model cited nothing)" if citation.inferred else ""
             lines.append(f"  [{number}] {citation.source}{where}{inferred}")
     return safe("\n".join(lines))

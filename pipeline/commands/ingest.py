@@ -22,6 +22,9 @@ from pipeline.cli import store_option
                    "1 embeds in this process; env ANALYZE_EMBED_WORKERS).")
 @click.option("--max-file-mb", type=click.IntRange(1), default=None,
               help="Refuse files larger than this many MiB (default 256; env ANALYZE_MAX_FILE_MB).")
+@click.option("--ocr", type=click.Choice(["auto", "off", "force"]), envvar="ANALYZE_OCR", default=None,
+              help="Read PDF pages by OCR: auto (default) those without a usable text layer, force every page, "
+                   "off none (env ANALYZE_OCR).")
 @click.option("--rebuild", is_flag=True,
               help="Drop pagefault's tables and re-embed everything (needed after changing settings).")
 @click.option("--repair", is_flag=True, help="First remove duplicate chunk and document rows (see `analyze status`).")
@@ -30,12 +33,14 @@ from pipeline.cli import store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary line.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def command(directory: str, store: str, embedder: str | None, chunk_tokens: int | None, chunk_overlap: int | None,
-            workers: int | None, max_file_mb: int | None, rebuild: bool, repair: bool, wait: float, as_json: bool, quiet: bool) -> None:
+            workers: int | None, max_file_mb: int | None, ocr: str | None, rebuild: bool, repair: bool, wait: float,
+            as_json: bool, quiet: bool) -> None:
     """Ingest DIRECTORY into archival memory (LanceDB), incrementally.
 
-    Finds .pdf .txt .md .html .htm .docx files (hidden files skipped), parses PDFs page by page with pypdf and
-    the rest with unstructured, chunks them with the embedder's tokenizer, embeds and stores them with their
-    source, page and heading. Unchanged files are skipped, changed ones replaced, removed ones deleted.
+    Finds .pdf .txt .md .html .htm .docx files (hidden files skipped), parses PDFs page by page with pypdf (pages
+    without a usable text layer are rendered and read by OCR) and the rest with unstructured, chunks them with
+    the embedder's tokenizer, embeds and stores them with their source, page and heading. Unchanged files are
+    skipped, changed ones replaced, removed ones deleted.
 
     One ingest writes a store at a time (a writer lock held for the whole run); `search`, `ask`, `batch`
     and `status` are never blocked by it.
@@ -50,18 +55,22 @@ def command(directory: str, store: str, embedder: str | None, chunk_tokens: int 
     from pipeline.terminal import safe
     from pipeline.archive.lock import StoreLocked
     from pipeline.archive.store import StoreError
+    from pipeline.ingest.ocr import OcrError
 
     settings = Settings.from_env(store=store, embedder=embedder, chunk_tokens=chunk_tokens,
-                                 chunk_overlap=chunk_overlap, embed_workers=workers, max_file_mb=max_file_mb)
+                                 chunk_overlap=chunk_overlap, embed_workers=workers, max_file_mb=max_file_mb,
+                                 ocr=ocr)
     try:
         report = ingest_directory(directory, settings, progress=not quiet, rebuild=rebuild, repair=repair, wait=wait,
                                   on_failure=lambda path, reason: click.echo(safe(f"skipped {path}: {reason}"), err=True))
-    except (StoreError, StoreLocked, ValueError, FileNotFoundError) as exc:
+    except (StoreError, StoreLocked, ValueError, FileNotFoundError, OcrError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # a full disk: every document is committed whole or not at all, so a rerun resumes
         raise click.ClickException(f"cannot write the store at {store}: {exc.strerror or exc}; free some space and "
                                    "rerun the same command: what landed is kept, the rest is redone") from None
 
+    for path, warning in report.warnings:
+        click.echo(safe(f"warning {path}: {warning}"), err=True)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else f"ingest: {report.summary()}")
     if report.failed:
         raise SystemExit(EXIT_FAILURES)

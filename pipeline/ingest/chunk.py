@@ -18,6 +18,7 @@ class Chunk:
     heading: str
     ordinal: int  # position within its document
     search_text: str  # what is embedded and full-text indexed: the heading path, then the text
+    ocr_confidence: float | None = None  # set when the text was read by OCR: its page's mean recognition score
 
     @property
     def content_hash(self) -> str:
@@ -42,11 +43,11 @@ def chunk_sections(sections: Iterable[Section], tokenizer, *, max_tokens: int, o
     ordinal = 0
     told: set[str] = set()  # long heading paths already given a chunk of their own
 
-    def chunk(text: str, section: Section, search_text: str) -> Chunk:
+    def chunk(text: str, section: Section, search_text: str, ocr_confidence: float | None = None) -> Chunk:
         nonlocal ordinal
         ordinal += 1
         return Chunk(text=text, page=section.page, heading=section.heading, ordinal=ordinal - 1,
-                     search_text=search_text)
+                     search_text=search_text, ocr_confidence=ocr_confidence)
 
     for section in sections:
         if not section.text.strip():
@@ -58,7 +59,7 @@ def chunk_sections(sections: Iterable[Section], tokenizer, *, max_tokens: int, o
                 yield chunk(text, section, text)
         budget = max_tokens - cost
         for text in split_text(section.text, tokenizer, max_tokens=budget, overlap=min(overlap, budget - 1)):
-            yield chunk(text, section, f"{prefix}\n{text}" if prefix else text)
+            yield chunk(text, section, f"{prefix}\n{text}" if prefix else text, section.ocr_confidence)
 
 
 def heading_prefix(heading: str, tokenizer, limit: int) -> tuple[str, int]:

@@ -20,7 +20,8 @@ from pipeline.archive.store import Archive, chunk_schema
 from pipeline.config import Settings
 from pipeline.ingest.chunk import Chunk, chunk_sections
 from pipeline.ingest.embed import EmbedPool, available_cores
-from pipeline.ingest.parse import parse
+from pipeline.ingest.ocr import PageReader, ocr_workers
+from pipeline.ingest.parse import Parsed, parse
 from pipeline.ingest.plan import (CHANGED_WHILE_READ, EXIT_FAILURES, IngestReport, Todo, begin,
                                   changed_since_planned, chunk_row, document_row, embedder_for, failed_row,
                                   failure_reason, finish, writing)
@@ -86,8 +87,10 @@ def embed_workers(settings: Settings, todo_bytes: int) -> int:
 def _process(todo: list[Todo], archive: Archive, embedder, settings: Settings, report: IngestReport,
              progress: bool) -> None:
     workers = embed_workers(settings, sum(item.stat.st_size for item in todo))
-    with EmbedPool(embedder, workers) if workers > 1 else contextlib.nullcontext(embedder) as encoder:
-        _Stream(archive, embedder, encoder, workers, report, progress, len(todo)).run(todo, settings)
+    with (EmbedPool(embedder, workers) if workers > 1 else contextlib.nullcontext(embedder) as encoder,
+          PageReader(settings.ocr, ocr_workers(settings.ocr_workers)) if settings.ocr != "off"
+          else contextlib.nullcontext() as ocr):
+        _Stream(archive, embedder, encoder, workers, report, progress, len(todo), ocr).run(todo, settings)
 
 
 class _Stream:
@@ -98,8 +101,9 @@ class _Stream:
     """
 
     def __init__(self, archive: Archive, embedder, encoder, workers: int, report: IngestReport, progress: bool,
-                 files: int) -> None:
+                 files: int, ocr: PageReader | None) -> None:
         self.archive, self.embedder, self.encoder, self.workers = archive, embedder, encoder, workers
+        self.ocr = ocr  # reads the PDF pages that need OCR (None: --ocr off)
         self.report = report
         self.schema = chunk_schema(archive.meta.dim)
         self.files_bar = tqdm(total=files, desc="files", unit="file", disable=not progress)
@@ -119,10 +123,9 @@ class _Stream:
         try:
             for item in todo:
                 self._start(item)
-                chunks, pages = 0, None
+                chunks = 0
                 try:
-                    parsed = parse(item.path)
-                    pages = parsed.pages
+                    parsed = parse(item.path, self.ocr)
                     for chunk in chunk_sections(parsed.sections, tokenizer, max_tokens=settings.chunk_tokens,
                                                 overlap=settings.chunk_overlap):
                         self.unembedded.append((item, chunk))
@@ -138,7 +141,7 @@ class _Stream:
                     if changed_since_planned(item):
                         self._fail(item, CHANGED_WHILE_READ, retry=True)
                     elif chunks:
-                        self._done(item, pages, chunks)
+                        self._done(item, parsed, chunks)
                     else:
                         self._fail(item, "no extractable text")
                 self.files_bar.update(1)
@@ -159,9 +162,9 @@ class _Stream:
             self.reuse.update(self.archive.vectors_for([item.rel]))
         self.to_clear.append(item.rel)
 
-    def _done(self, item: Todo, pages: int | None, chunks: int) -> None:
-        self.report.done(item, pages, chunks)
-        self.finished.append(document_row(item, pages, chunks))
+    def _done(self, item: Todo, parsed: Parsed, chunks: int) -> None:
+        self.report.done(item, parsed.pages, chunks, parsed.ocr)
+        self.finished.append(document_row(item, parsed.pages, chunks, parsed.ocr))
 
     def _fail(self, item: Todo, reason: str, *, retry: bool = False) -> None:
         self.report.failures.append((item.rel, reason))
@@ -170,7 +173,7 @@ class _Stream:
         self.pending = [row for row in self.pending if row["source"] != item.rel]
         if item.rel in self.cleared:  # chunks of it already written: delete them again
             self.to_clear.append(item.rel)
-        self.finished.append(failed_row(item.raw, item.path, item.sha, reason, retry=retry))
+        self.finished.append(failed_row(item.raw, item.path, item.sha, reason, retry=retry, ocr_mode=item.ocr_mode))
 
     def _submit(self, pairs: list[tuple[Todo, Chunk]], *, documents: bool) -> None:
         """Send the chunks without a reusable vector to the model; `documents`: the finished rows go along."""

@@ -1,14 +1,20 @@
-"""Turn one file into sections of text with provenance: PDFs page by page with pypdf, the rest with unstructured."""
+"""Turn one file into sections of text with provenance: PDFs page by page with pypdf (and OCR for pages without
+a usable text layer, `pipeline.ingest.ocr`), the rest with unstructured."""
 
 from __future__ import annotations
 
 import codecs
 import re
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from functools import cache
 from html.parser import HTMLParser
 from pathlib import Path
+
+from pipeline.ingest.ocr import PageReader, PageText, first_line
+from pipeline.types import low_ocr_confidence
 
 
 HEADING_SEPARATOR = " > "  # between the titles of a heading path: `Guide > Setup`
@@ -25,6 +31,23 @@ class Section:
     text: str
     page: int | None  # 1-based
     heading: str
+    ocr_confidence: float | None = None  # set when the text was read by OCR: the page's mean recognition score
+
+
+@dataclass
+class OcrTally:
+    """What OCR did for one document; complete once its sections have been consumed."""
+
+    pages: int = 0  # pages read by OCR
+    low_confidence: int = 0  # of which read with a mean score below LOW_OCR_CONFIDENCE
+    failed: list[str] = field(default_factory=list)  # one line per page that could not be read
+
+    def warning(self) -> str | None:
+        """One line saying which pages could not be read (the first, and how many more), or None."""
+        if not self.failed:
+            return None
+        more = len(self.failed) - 1
+        return self.failed[0] + (f" (and {more} more page{'s' * (more > 1)})" if more else "")
 
 
 @dataclass
@@ -33,10 +56,12 @@ class Parsed:
 
     pages: int | None
     sections: Iterator[Section]
+    ocr: OcrTally = field(default_factory=OcrTally)
 
 
-def parse(path: Path) -> Parsed:
-    """Parse `path` by its extension. Raises ParseError with a one-line reason for bad input."""
+def parse(path: Path, ocr: PageReader | None = None) -> Parsed:
+    """Parse `path` by its extension; PDF pages that `ocr` wants are read by it (None: text layers only).
+    Raises ParseError with a one-line reason for bad input (also while `sections` is consumed)."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -45,7 +70,7 @@ def parse(path: Path) -> Parsed:
         raise ParseError(f"cannot read file: {exc.strerror or exc}") from exc
     suffix = path.suffix.lower()
     if suffix == ".pdf":
-        return _parse_pdf(path)
+        return _parse_pdf(path, ocr)
     if suffix in {".txt", ".md", ".markdown", ".html", ".htm", ".docx"}:
         return Parsed(pages=None, sections=iter(_parse_unstructured(path, suffix)))
     raise ParseError(f"unsupported file type {suffix or '(no extension)'}")
@@ -54,7 +79,7 @@ def parse(path: Path) -> Parsed:
 # --- PDF -------------------------------------------------------------------------------------------------------
 
 
-def _parse_pdf(path: Path) -> Parsed:
+def _parse_pdf(path: Path, ocr: PageReader | None) -> Parsed:
     import logging
 
     from pypdf import PdfReader
@@ -69,25 +94,78 @@ def _parse_pdf(path: Path) -> Parsed:
     except ParseError:
         raise
     except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise ParseError(f"corrupt or truncated PDF: {_first_line(exc)}") from exc
+        raise ParseError(f"corrupt or truncated PDF: {first_line(exc)}") from exc
     except Exception as exc:  # pypdf raises assorted errors on damaged files
-        raise ParseError(f"unreadable PDF: {_first_line(exc)}") from exc
+        raise ParseError(f"unreadable PDF: {first_line(exc)}") from exc
     if pages == 0:
         raise ParseError("PDF has no pages")
-    return Parsed(pages=pages, sections=_pdf_pages(reader, path))
+    tally = OcrTally()
+    return Parsed(pages=pages, sections=_pdf_pages(reader, path, ocr, tally), ocr=tally)
 
 
-def _pdf_pages(reader, path: Path) -> Iterator[Section]:
+@dataclass
+class _Page:
+    number: int
+    heading: str
+    text: str  # the text layer
+    ocr: "Future[PageText] | None"  # the OCR reading of the page, when it needs one
+
+
+def _pdf_pages(reader, path: Path, ocr: PageReader | None, tally: OcrTally) -> Iterator[Section]:
+    """Sections page by page, in order. Pages that `ocr` wants are submitted to it as they are met, up to its
+    lookahead ahead of the page being yielded, so OCR workers stay busy while memory stays bounded."""
     headings = _outline_headings(reader)
     heading = ""
+    window: deque[_Page] = deque()
+    found = 0
+
+    def drain(everything: bool) -> Iterator[Section]:
+        nonlocal found
+        while window and (everything or window[0].ocr is None or window[0].ocr.done()
+                          or len(window) > ocr.lookahead):
+            section = _page_section(window.popleft(), path, ocr, tally)
+            if section is not None:
+                found += 1
+                yield section
+
     for number, page in enumerate(reader.pages, start=1):
         heading = headings.get(number, heading)
         try:
             text = page.extract_text() or ""
         except Exception as exc:
-            raise ParseError(f"corrupt PDF page {number}: {_first_line(exc)}") from exc
-        if text.strip():
-            yield Section(text=text, page=number, heading=heading)
+            raise ParseError(f"corrupt PDF page {number}: {first_line(exc)}") from exc
+        wanted = ocr is not None and ocr.wants(str(path), number, text)
+        window.append(_Page(number, heading, text, ocr.submit(str(path), number) if wanted else None))
+        yield from drain(everything=False)
+    yield from drain(everything=True)
+    if not found:
+        raise ParseError(_nothing_found(ocr, tally))
+
+
+def _page_section(page: _Page, path: Path, ocr: PageReader | None, tally: OcrTally) -> Section | None:
+    """The page's text: what OCR read when it was asked to and found text, else its text layer (if any)."""
+    if page.ocr is not None:
+        assert ocr is not None
+        read = ocr.result(page.ocr, str(path), page.number)
+        if read.error:
+            tally.failed.append(read.error)
+        else:
+            tally.pages += 1
+            tally.low_confidence += low_ocr_confidence(read.confidence)
+            if read.text.strip():
+                return Section(text=read.text, page=page.number, heading=page.heading, ocr_confidence=read.confidence)
+    if page.text.strip():  # a good text layer, or a thin one where OCR found nothing or failed
+        return Section(text=page.text, page=page.number, heading=page.heading)
+    return None
+
+
+def _nothing_found(ocr: PageReader | None, tally: OcrTally) -> str:
+    """Why a PDF gave no text at all."""
+    if tally.failed and not tally.pages:
+        return f"no text layer, and {tally.warning()}"
+    if tally.pages:
+        return "no text layer and OCR found no text"
+    return "no extractable text" + (" (OCR is off)" if ocr is None or ocr.mode == "off" else "")
 
 
 def _outline_headings(reader) -> dict[int, str]:
@@ -174,7 +252,7 @@ def _parse_unstructured(path: Path, suffix: str) -> list[Section]:
     except ParseError:
         raise
     except Exception as exc:
-        raise ParseError(f"cannot parse {suffix[1:].upper()} file: {_first_line(exc)}") from exc
+        raise ParseError(f"cannot parse {suffix[1:].upper()} file: {first_line(exc)}") from exc
     return _sections(elements)
 
 
@@ -278,8 +356,3 @@ class _TableRows(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self.cell is not None:
             self.cell.append(data)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]

@@ -24,7 +24,7 @@ from pipeline.config import Settings
 from pipeline.files import utc_now
 from pipeline.ingest.chunk import Chunk
 from pipeline.ingest.discover import discover, display_path, sha256_file
-from pipeline.ingest.parse import ParseError
+from pipeline.ingest.parse import OcrTally, ParseError
 
 EXIT_FAILURES = 2  # `analyze ingest` exits with this when any file failed (the rest still landed)
 
@@ -39,6 +39,9 @@ class IngestReport:
     pages: int = 0
     chunks: int = 0  # chunks written in this run
     embedded: int = 0  # of which freshly embedded (the rest reused a stored vector of the same search text)
+    ocr_pages: int = 0  # pages read by OCR in this run
+    ocr_low_pages: int = 0  # of which with low confidence
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, what was lost) for files that landed
     seconds: float = 0.0
     embed_seconds: float = 0.0  # time spent embedding here, or waiting for the embedding workers
     repaired: int = 0  # duplicate rows removed by --repair
@@ -53,24 +56,31 @@ class IngestReport:
 
     def summary(self) -> str:
         repaired = f"; {self.repaired} duplicate rows removed" if self.repaired else ""
+        ocr = f" ({self.ocr_pages} OCR'd, {self.ocr_low_pages} with low confidence)" if self.ocr_pages else ""
         return (f"{self.new} new, {self.changed} changed, {self.unchanged} unchanged, {self.removed} removed, "
-                f"{self.failed} failed files; {self.pages} pages, {self.chunks} chunks ({self.embedded} embedded) "
+                f"{self.failed} failed files; {self.pages} pages{ocr}, {self.chunks} chunks ({self.embedded} embedded) "
                 f"in {self.seconds:.1f}s, {self.chunks_per_s:.1f} chunks/s{repaired}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"new": self.new, "changed": self.changed, "unchanged": self.unchanged, "removed": self.removed,
                 "failed": self.failed, "failures": [{"path": p, "error": e} for p, e in self.failures],
-                "pages": self.pages, "chunks": self.chunks, "embedded": self.embedded,
-                "repaired": self.repaired, "seconds": round(self.seconds, 3),
+                "pages": self.pages, "ocr_pages": self.ocr_pages, "ocr_low_pages": self.ocr_low_pages,
+                "warnings": [{"path": p, "warning": w} for p, w in self.warnings],
+                "chunks": self.chunks, "embedded": self.embedded, "repaired": self.repaired, "seconds": round(self.seconds, 3),
                 "embed_seconds": round(self.embed_seconds, 3),
                 "chunks_per_s": round(self.chunks_per_s, 2)}
 
-    def done(self, item: "Todo", pages: int | None, chunks: int) -> None:
-        """Count a file whose chunks were all produced."""
+    def done(self, item: "Todo", pages: int | None, chunks: int, ocr: OcrTally | None = None) -> None:
+        """Count a file whose chunks were all produced (`ocr`: what OCR did for it)."""
         self.new += item.is_new
         self.changed += not item.is_new
         self.pages += pages or 0
         self.chunks += chunks
+        if ocr is not None:
+            self.ocr_pages += ocr.pages
+            self.ocr_low_pages += ocr.low_confidence
+            if ocr.warning():
+                self.warnings.append((item.rel, ocr.warning()))
 
 
 @dataclass
@@ -83,6 +93,7 @@ class Todo:
     sha: str
     stat: os.stat_result
     is_new: bool
+    ocr_mode: str | None = None  # the --ocr mode it is read with (PDFs only), recorded in its document row
 
 
 @dataclass
@@ -143,7 +154,8 @@ def begin(root: Path, settings: Settings, embedder, report: IngestReport, *, reb
         except OSError as exc:
             fail(rel_path, read_error(exc), retry=True)
             continue
-        if row and (same or row["sha256"] == sha):
+        mode = ocr_mode(path, settings)
+        if row and (same or row["sha256"] == sha) and row["ocr_mode"] == mode:  # a PDF read with another mode: again
             if row["status"] == "ok":  # a file that failed before fails again until it changes: say so again
                 report.unchanged += 1
             else:
@@ -151,7 +163,8 @@ def begin(root: Path, settings: Settings, embedder, report: IngestReport, *, reb
             if not same:
                 plan.touched.append(row | {"mtime_ns": stat.st_mtime_ns})
             continue
-        plan.todo.append(Todo(rel, path, os.fsencode(rel_path.as_posix()), sha, stat, is_new=row is None))
+        plan.todo.append(Todo(rel, path, os.fsencode(rel_path.as_posix()), sha or row["sha256"], stat,
+                              is_new=row is None, ocr_mode=mode))
 
     for rel_path in found.unsupported:
         fail(rel_path, f"unsupported file type {rel_path.suffix.lower() or '(no extension)'}")
@@ -226,14 +239,21 @@ def changed_since_planned(item: Todo) -> bool:
 CHANGED_WHILE_READ = "changed while being read (it is read again on the next run)"
 
 
-def document_row(item: Todo, pages: int | None, chunks: int) -> dict[str, Any]:
+def ocr_mode(path: Path, settings: Settings) -> str | None:
+    """The OCR mode a file is read with: `settings.ocr` for a PDF, None for formats that are never OCR'd."""
+    return settings.ocr if path.suffix.lower() == ".pdf" else None
+
+
+def document_row(item: Todo, pages: int | None, chunks: int, ocr: OcrTally | None = None) -> dict[str, Any]:
+    ocr = ocr or OcrTally()
     return {"path": item.rel, "path_bytes": item.raw, "sha256": item.sha, "size": item.stat.st_size,
             "mtime_ns": item.stat.st_mtime_ns, "pages": pages, "chunks": chunks, "status": "ok", "error": None,
-            "ingested_at": utc_now()}
+            "warning": ocr.warning(), "ocr_mode": item.ocr_mode, "ocr_pages": ocr.pages,
+            "ocr_low_pages": ocr.low_confidence, "ingested_at": utc_now()}
 
 
 def failed_row(rel_path: Path | bytes, path: Path, sha: str | None, reason: str, *,
-               retry: bool = False) -> dict[str, Any]:
+               retry: bool = False, ocr_mode: str | None = None) -> dict[str, Any]:
     """A `documents` row for a file that failed (`rel_path` as a path or as its own bytes). A permanent failure
     (a corrupt PDF) keeps the file's size and mtime, so it stays failed until it changes; with `retry` (it
     vanished, changed while read, could not be opened) the row matches no file, so the next run tries again."""
@@ -246,8 +266,8 @@ def failed_row(rel_path: Path | bytes, path: Path, sha: str | None, reason: str,
         except OSError:
             pass
     return {"path": display_path(os.fsdecode(raw)), "path_bytes": raw, "sha256": sha or "", "size": size,
-            "mtime_ns": mtime, "pages": None, "chunks": 0, "status": "failed", "error": reason,
-            "ingested_at": utc_now()}
+            "mtime_ns": mtime, "pages": None, "chunks": 0, "status": "failed", "error": reason, "warning": None,
+            "ocr_mode": ocr_mode, "ocr_pages": 0, "ocr_low_pages": 0, "ingested_at": utc_now()}
 
 
 def chunk_row(rel: str, chunk: Chunk, vector: Any) -> dict[str, Any]:
@@ -255,4 +275,5 @@ def chunk_row(rel: str, chunk: Chunk, vector: Any) -> dict[str, Any]:
     chunk_id = hashlib.sha256(f"{rel}\0{chunk.ordinal}\0{digest}".encode()).hexdigest()[:20]
     return {"chunk_id": chunk_id, "source": rel, "page": chunk.page, "page_end": chunk.page,
             "heading": chunk.heading, "text": chunk.text, SEARCH_COLUMN: chunk.search_text, "content_hash": digest,
-            "ordinal": chunk.ordinal, "vector": vector}
+            "ordinal": chunk.ordinal, "ocr": chunk.ocr_confidence is not None, "ocr_confidence": chunk.ocr_confidence,
+            "vector": vector}
