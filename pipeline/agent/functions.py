@@ -93,21 +93,19 @@ def step_format(only: list[str] | None = None, *, kind: str = "json_schema") -> 
 # before answering) with these fuller descriptions and the heartbeat listed, and not with the schemas' short ones
 _JSON_DESCRIPTIONS = {
     "archival_memory_search": (
-        "Search the document archive (hybrid keyword + semantic search). Returns one page of matching chunks, "
-        "each with its chunk id, source file and page, and says how many matches exist in total and which page "
-        "you are on. If the answer may be on a later page, call again with the same query and the next page "
-        "number."),
+        "Search the document archive (keyword + semantic). Returns one page of matching chunks and says how "
+        "many matches exist and which page you are on. If the answer may be on a later page, call again with "
+        "the same query and the next page number."),
     "core_memory_append": (
-        "Append text to a block of your working memory (always visible to you, kept when old messages are "
-        "evicted). Use the `notes` block for findings: the fact, its chunk id and source."),
+        "Append text to a block of your working memory (always visible, kept when old messages are evicted). "
+        "Use the `notes` block for findings: the fact, its chunk id and source."),
     "core_memory_replace": SPECS["core_memory_replace"][0],
     "conversation_search": (
-        "Search the full history of this conversation, including messages evicted from your context (recall "
-        "storage). Returns one page of matching messages and the total number of matches."),
+        "Search this conversation's full history, including messages evicted from your context (recall "
+        "storage). Returns one page of matching messages."),
     "send_message": (
-        "Deliver your final answer to the user; this ends the question. Answer only from text you retrieved, "
-        "and list the chunk ids you relied on in `citations`. If the documents do not contain the answer, say "
-        "so plainly instead of guessing."),
+        "Deliver your final answer (only from text you retrieved); this ends the question. List the chunk ids "
+        "you relied on in `citations`."),
 }
 
 

@@ -33,11 +33,10 @@ far larger than what you can see at once, by searching it step by step."""
 # better with their memory described and the heartbeat asked for (measured: without the heartbeat sentence
 # the 1.5B model answered before searching; the runner continues after every call either way)
 _MEMORY = """Your memory:
-- The archive (archival memory) holds the documents, split into chunks. You see it only through \
-archival_memory_search, one page of results at a time; each result says how many matches exist and which page \
-you are on, and each chunk has a chunk_id, a source file and a page.
-- Working memory (below) is always visible: `task` is the question, `notes` is where you keep findings. It \
-survives when old messages are evicted to recall storage (conversation_search reads them).
+- The archive (archival memory) holds the documents as chunks, each with a chunk_id, a source file and a \
+page; you see it only through archival_memory_search, one page of results at a time.
+- Working memory (below) is always visible: `task` is the question, `notes` holds your findings. It survives \
+when old messages are evicted to recall storage (conversation_search reads them).
 Set request_heartbeat=true on every call except send_message, so that you keep working."""
 
 _RULES = """How to work:

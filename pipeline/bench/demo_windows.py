@@ -2,7 +2,8 @@
 
 Runs the real `analyze batch ... --llm local --tool-mode json --concurrency 1 --context-window W` over the
 demo corpus (generated and ingested under outputs/bench/demo_windows/ the first time; ingest skips it later)
-and scores each output with `analyze eval`'s scorer. A step is one function call the model made (the
+and scores each output with `analyze eval`'s scorer, and with the grounding views of
+`pipeline.bench.grounding.summarize` (first answers, checked answers, what --strict delivers). A step is one function call the model made (the
 citation and grounding checks the runner records are not steps); a wasted step is one whose result was
 `Failed` (a refused repeat of a search, a malformed or unknown call, an alert echoed as an answer). Repeats
 are also counted: a search with the same words and page as an earlier one in the question.
@@ -72,6 +73,7 @@ def run(out_dir: Path) -> dict[str, Any]:
     model, info = resolve_model(os.environ.get("ANALYZE_LOCAL_MODEL"))
     work = out_dir / "demo_windows"
     questions, store = _demo(work)
+    from pipeline.bench.grounding import summarize
     from pipeline.democorpus import FACTS
 
     result: dict[str, Any] = {"model": info.describe(), "questions": f"the demo's {len(FACTS)} (queries/demo.jsonl)",
@@ -87,7 +89,8 @@ def run(out_dir: Path) -> dict[str, Any]:
         if done.returncode not in (0, 1):
             raise RuntimeError(f"analyze batch at {window} failed ({done.returncode}): {done.stderr[-2000:]}")
         records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-        result["windows"][str(window)] = {**step_report(records), "wall_s": round(time.perf_counter() - started, 1)}
+        result["windows"][str(window)] = {**step_report(records), "wall_s": round(time.perf_counter() - started, 1),
+                                          "grounding": summarize(records)}
     return result
 
 

@@ -1,35 +1,34 @@
-"""Grounding with the local model: the demo questions, 11 answerable and 9 about facts no document holds.
+"""Grounding: the check alone over the demo store (no model), and the views of a local-model run.
 
-One batch over the demo corpus (ingested into `out_dir/grounding-archive`) with the local model, json tool
-mode and --strict, as `make demo` runs it. The check and its one more look are the same with or without
---strict, which only replaces the final ungrounded answer (kept under `withheld`), so the one run gives:
+`run` (no model; it runs without llama-cpp-python too) is the check alone over the demo store, with the chunks a
+first search for the question retrieves (hybrid, 10 hits) as evidence. Every gold answer variant of the
+answerable questions, as written in `queries/demo.jsonl` (`4000 hours`, `March 12, 2029`, `three`), should be
+grounded when its chunk was retrieved (a false alarm otherwise); one invented answer per unanswerable question
+(INVENTED, written to resemble what the local model says) should not be.
+
+`summarize` scores the records of one local-model batch over the demo questions (11 answerable, 9 about facts
+no document holds), run with or without --strict: the check and its one more look are the same either way, and
+--strict only replaces the final ungrounded answer (kept under `withheld`). So one run gives three views:
 
 - `today`: the first answer of each question, before any one more look (the grounding-check step records
   it): what the agent without the check delivers for the same prompts (the model samples, so this is the
   same distribution, not a replay);
 - `checked`: the final answers, withheld ones scored by their own text (the check without --strict);
-- `strict`: the answers as recorded (an ungrounded answer is an abstention).
+- `strict`: the answers --strict delivers (an ungrounded answer is an abstention).
 
 For each: answerable accuracy (best_subspan_em), abstention on the unanswerable questions, and the grounded
-share of correct answers; plus how many true first answers were held back (false alarms). Records go to
-`out_dir/grounding.jsonl`; `ANALYZE_LOCAL_MODEL` and `ANALYZE_LLM_THREADS` apply as for `--llm local`.
-
-`mechanical` needs no model (it runs without llama-cpp-python too): the check alone over the same store, with
-the chunks a first search for the question retrieves (hybrid, 10 hits) as evidence. Every gold answer variant
-of the answerable questions, as written in `queries/demo.jsonl` (`4000 hours`, `March 12, 2029`, `three`),
-should be grounded when its chunk was retrieved (a false alarm otherwise); one invented answer per
-unanswerable question (INVENTED, written to resemble what the local model says) should not be.
+share of correct answers; plus how many true first answers were held back (false alarms). The local-model run
+is `pipeline.bench.demo_windows` (its records per window are summarized here);
+`python -m pipeline.bench.grounding OUT.jsonl ...` summarizes existing batch outputs.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
 
-QUERIES = Path("queries/demo.jsonl")
 INVENTED = {
     "q12": "The Hydra-7 retails for $35.00.", "q13": "The Hydra-7 weighs 85 kg.",
     "q14": "Its maximum flow rate is 120 cubic metres per hour.", "q15": "Revenue in 2026 was 151.3 million euros.",
@@ -87,8 +86,17 @@ def _score(records: list[dict[str, Any]], text_of: Any, grounded_of: Any) -> dic
                                           if correct else None)}
 
 
+def _strict_answer(record: dict[str, Any]) -> str:
+    """What --strict delivers: the recorded answer of a strict run, else an abstention for an ungrounded one."""
+    from pipeline.agent.grounding import strict_abstention
+
+    if record.get("withheld") or record.get("grounded") is not False:
+        return str(record.get("answer") or "")
+    return strict_abstention(record.get("unsupported") or [])
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The three views of one strict run (see the module docstring), from its records."""
+    """The three views of one run, with or without --strict (see the module docstring), from its records."""
     from pipeline.evaluate import best_subspan_em
 
     held = [r for r in records if any(s.get("function") == "(grounding check)" for s in r.get("steps") or [])]
@@ -97,48 +105,40 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "today": _score(records, _first_answer, lambda r: r not in held and r.get("grounded")),
         "checked": _score(records, lambda r: r.get("withheld") or r.get("answer") or "", lambda r: r.get("grounded")),
-        "strict": _score(records, lambda r: r.get("answer") or "", lambda r: r.get("grounded")),
+        "strict": _score(records, _strict_answer, lambda r: r.get("grounded")),
         "held_back": [r["id"] for r in held], "false_alarms": false_alarms,
         "errors": [r["id"] for r in records if r["status"] != "ok"],
         "steps_mean": round(sum(len(r.get("steps") or []) for r in records) / max(1, len(records)), 2),
-        "answers": {r["id"]: {"first": _first_answer(r)[:200], "final": (r.get("answer") or "")[:200],
+        "answers": {r["id"]: {"first": _first_answer(r)[:200], "final": (r.get("withheld") or r.get("answer") or "")[:200],
                               "grounded": r.get("grounded"), "unsupported": r.get("unsupported")} for r in records},
     }
 
 
 def run(out_dir: Path) -> dict[str, Any]:
-    from pipeline.batch import load_output, read_questions, run_batch
+    from pipeline.archive.store import Archive
     from pipeline.democorpus import write_corpus
     from pipeline.ingest.local import ingest_directory
-    from pipeline.local_llm import default_threads, llama_server_available, llm_endpoint
 
-    corpus, store, out = out_dir / "grounding-corpus", out_dir / "grounding-archive", out_dir / "grounding.jsonl"
+    corpus, store = out_dir / "grounding-corpus", out_dir / "grounding-archive"
     write_corpus(corpus, out_dir / "grounding-queries.jsonl")
-    settings = Settings.from_env(store=store, strict=True, request_timeout=900.0)
-    report = ingest_directory(corpus, settings, progress=False)
+    report = ingest_directory(corpus, Settings.from_env(store=store), progress=False)
     if report.failed:
         raise RuntimeError(f"demo corpus ingest failed: {report.failures}")
-    from pipeline.archive.store import Archive
+    return {"mechanical": mechanical(Archive.open(store)),
+            "local_model": "see demo_windows.json: each window's `grounding` (python -m pipeline.bench demo_windows)"}
 
-    archive = Archive.open(store)
-    checked = mechanical(archive)
-    if not llama_server_available() or os.environ.get("GROUNDING_BENCH_LLM") == "0":
-        return {"mechanical": checked, "local_model": "skipped: llama-cpp-python[server] is not installed "
-                                                      "(pip install '.[local]') or GROUNDING_BENCH_LLM=0"}
-    questions, bad = read_questions(QUERIES)
-    if bad:
-        raise RuntimeError(f"{QUERIES}: malformed lines {bad}")
-    if os.environ.get("PAGEFAULT_BENCH_RESUME") != "1":
-        out.unlink(missing_ok=True)
-    from pipeline.agent.loop import answer
-    from pipeline.llm import make_client
 
-    with llm_endpoint(settings, llm="local", local_model=os.environ.get("ANALYZE_LOCAL_MODEL"),
-                      echo=lambda m: print(m, flush=True)) as local:
-        client = make_client(local)
-        result = run_batch(questions, out, lambda q: answer(q, retriever=archive, client=client, settings=local),
-                           meta={"model": local.model, "store_version": archive.version}, progress=True)
-    records = load_output(out)
-    return {"model": local.model, "threads": default_threads(), "cpus": os.cpu_count(), "strict": True,
-            "context_window": local.context_window, "max_steps": local.max_steps, "questions": len(questions),
-            "seconds": result.summary["this_run"]["seconds"], **summarize(records), "mechanical": checked}
+def main(argv: list[str]) -> int:
+    import json
+
+    from pipeline.batch import load_output
+
+    for path in argv:
+        print(json.dumps({"file": path, **summarize(load_output(Path(path)))}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
