@@ -93,9 +93,9 @@ def step_format(only: list[str] | None = None, *, kind: str = "json_schema") -> 
 # before answering) with these fuller descriptions and the heartbeat listed, and not with the schemas' short ones
 _JSON_DESCRIPTIONS = {
     "archival_memory_search": (
-        "Search the document archive (keyword + semantic). Returns one page of matching chunks and says how "
-        "many matches exist and which page you are on. If the answer may be on a later page, call again with "
-        "the same query and the next page number."),
+        "Search the document archive (keyword + semantic). Returns page 0, the best matches, unless you ask "
+        "for a later page, and says how many pages exist. If the answer may be on a later page, call again "
+        "with the same query and the next page number."),
     "core_memory_append": (
         "Append text to a block of your working memory (always visible, kept when old messages are evicted). "
         "Use the `notes` block for findings: the fact, its chunk id and source."),

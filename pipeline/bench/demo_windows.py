@@ -8,7 +8,8 @@ citation and grounding checks the runner records are not steps); a wasted step i
 `Failed` (a refused repeat of a search, a malformed or unknown call, an alert echoed as an answer). Repeats
 are also counted: a search with the same words and page as an earlier one in the question.
 `python -m pipeline.bench.demo_windows OUT.jsonl ...` scores existing outputs the same way (how the
-"before" figure was taken from a run of older code). Model: `ANALYZE_LOCAL_MODEL` or the default.
+"before" figure was taken from a run of older code). Model: `ANALYZE_LOCAL_MODEL` or the default; windows:
+`DEMO_WINDOWS` (comma-separated, default 8192,4096).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def run(out_dir: Path) -> dict[str, Any]:
 
     result: dict[str, Any] = {"model": info.describe(), "questions": f"the demo's {len(FACTS)} (queries/demo.jsonl)",
                               "windows": {}}
-    for window in WINDOWS:
+    windows = [int(w) for w in os.environ.get("DEMO_WINDOWS", "").split(",") if w.strip()] or WINDOWS
+    for window in windows:
         out = work / f"demo-{window}.jsonl"
         out.unlink(missing_ok=True)
         started = time.perf_counter()
