@@ -50,7 +50,9 @@ def main() -> None:
 
 store_option = click.option(
     "--store", type=click.Path(path_type=str), envvar="ANALYZE_STORE", default="ingest/archive",
-    show_default=True, help="LanceDB store directory (env ANALYZE_STORE).")
+    show_default=True,
+    help="LanceDB store: a directory or s3://bucket/prefix (env ANALYZE_STORE; S3 credentials and endpoint from "
+         "the AWS_* variables).")
 
 MIN_CONTEXT_WINDOW = 1024  # below this nothing useful fits; between it and ~2048 the agent says what it needs
 

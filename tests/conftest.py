@@ -95,3 +95,69 @@ def gone(pid: int, within: float = 15.0) -> bool:
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     return not alive(pid)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1, for the session; its endpoint URL."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.2)
+    yield endpoint
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, request):
+    """A fresh bucket on the session's S3 server, with the AWS variables pointing at it; its s3:// URI."""
+    import urllib.request
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret-9f3b",
+                        "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(name, value)
+    bucket = "b-" + "".join(ch for ch in request.node.name.lower() if ch.isalnum())[:40]
+    urllib.request.urlopen(urllib.request.Request(f"{s3_server}/{bucket}", method="PUT"), timeout=10).close()
+    return f"s3://{bucket}/archive"
+
+
+RAY_CANARY = ("PAGEFAULT_CANARY_TOKEN", "canary-secret-5d1e")  # secret-named: a local Ray's workers must not see it
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for every Ray test of the session (2 CPUs, a small object store, no dashboard), started as
+    `--engine ray` starts one: without the secrets of this environment (RAY_CANARY is set while it starts)."""
+    import os
+
+    ray = pytest.importorskip("ray")
+    from pipeline.cluster import without_secrets
+
+    name, value = RAY_CANARY
+    os.environ[name] = value
+    try:
+        with without_secrets():
+            ray.init(num_cpus=2, object_store_memory=256 << 20, include_dashboard=False, logging_level="ERROR",
+                     log_to_driver=False)
+    finally:
+        del os.environ[name]
+    yield ray
+    ray.shutdown()

@@ -57,7 +57,7 @@ def old_store(tmp_path):
 def test_a_new_store_records_its_format_version(tmp_path, embedder):
     settings = Settings.from_env(store=tmp_path / "store")
     ingest_directory(write_tiny_corpus(tmp_path / "docs"), settings, progress=False, embedder=embedder)
-    assert json.loads((settings.store / META_FILE).read_text())["format_version"] == FORMAT_VERSION == 2
+    assert json.loads((Path(settings.store) / META_FILE).read_text())["format_version"] == FORMAT_VERSION == 2
     assert SEARCH_COLUMN in Archive.open(settings.store, embedder=embedder).chunks.schema.names
 
 
@@ -106,8 +106,8 @@ def test_a_store_from_a_newer_release_is_refused(tmp_path, embedder):
     settings = Settings.from_env(store=tmp_path / "store")
     docs = write_tiny_corpus(tmp_path / "docs")
     ingest_directory(docs, settings, progress=False, embedder=embedder)
-    meta = json.loads((settings.store / META_FILE).read_text())
-    (settings.store / META_FILE).write_text(json.dumps(meta | {"format_version": FORMAT_VERSION + 1}))
+    meta = json.loads((Path(settings.store) / META_FILE).read_text())
+    (Path(settings.store) / META_FILE).write_text(json.dumps(meta | {"format_version": FORMAT_VERSION + 1}))
     with pytest.raises(StoreError, match="newer pagefault .*upgrade pagefault"):
         Archive.open(settings.store, embedder=embedder)
     with pytest.raises(StoreError, match="newer pagefault"):

@@ -23,7 +23,9 @@ class Session:
     def for_store(cls, store: Path, name: str) -> "Session":
         if not SESSION_NAME.match(name):
             raise ValueError(f"invalid session name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
-        return cls(Path(store).parent / "sessions" / name)
+        from pipeline.archive.location import Location
+
+        return cls(Location.of(store).sessions_dir() / name)
 
     @property
     def recall_path(self) -> Path:

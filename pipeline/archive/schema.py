@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.files import atomic_write, utc_now
+from pipeline.archive.location import Location, StoreError
+from pipeline.files import utc_now
 
 CHUNKS = "chunks"
 DOCUMENTS = "documents"
@@ -18,10 +19,6 @@ META_FILE = "pagefault.json"
 # A store without `format_version` in its meta file was written by the previous release: version 1.
 FORMAT_VERSION = 2
 SEARCH_COLUMN = "search_text"  # the chunk column that is embedded and BM25-indexed; `text` is for display
-
-
-class StoreError(Exception):
-    """A store that is missing, of another format, or built with settings other than the ones asked for."""
 
 
 @dataclass(frozen=True)
@@ -76,17 +73,17 @@ DOCUMENT_SCHEMA = pa.schema([
 ])
 
 
-def read_meta(path: Path | str) -> StoreMeta | None:
+def read_meta(path: Path | str | Location) -> StoreMeta | None:
     """The store's meta file, or None when there is no store at `path`. Version 1 stores read as version 1."""
-    try:
-        data = json.loads((Path(path) / META_FILE).read_text())
-    except (FileNotFoundError, NotADirectoryError):
+    text = Location.of(path).read_text(META_FILE)
+    if text is None:
         return None
+    data = json.loads(text)
     fields = {key: data[key] for key in StoreMeta._SETTINGS}
     return StoreMeta(**fields, format_version=int(data.get("format_version", 1)))
 
 
-def check_format(path: Path | str, meta: StoreMeta) -> None:
+def check_format(path: Path | str | Location, meta: StoreMeta) -> None:
     """Raise StoreError with the one line a user needs when the store at `path` is not of FORMAT_VERSION."""
     if meta.format_version == FORMAT_VERSION:
         return
@@ -96,5 +93,6 @@ def check_format(path: Path | str, meta: StoreMeta) -> None:
                      + ("" if older else "upgrade pagefault, or ") + "rebuild it with `analyze ingest DIR --rebuild`")
 
 
-def write_meta(path: Path | str, meta: StoreMeta) -> None:
-    atomic_write(Path(path) / META_FILE, json.dumps(asdict(meta) | {"written_at": utc_now()}))
+def write_meta(path: Path | str | Location, meta: StoreMeta) -> None:
+    """The settings that built the store (never a credential), beside its tables."""
+    Location.of(path).write_text(META_FILE, json.dumps(asdict(meta) | {"written_at": utc_now()}))

@@ -1,4 +1,4 @@
-"""Archival memory on disk: the LanceDB store's lifecycle (create, open, pin, write, indexes)."""
+"""Archival memory on disk or object storage: the LanceDB store's lifecycle (create, open, pin, write, indexes)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lancedb
 import pyarrow as pa
 
+from pipeline.archive.location import Location
 from pipeline.archive.lock import LOCK_FILE
 from pipeline.archive.schema import (CHUNKS, DOCUMENT_SCHEMA, DOCUMENTS, META_FILE, SEARCH_COLUMN, StoreError,
                                      StoreMeta, check_format, chunk_schema, read_meta, write_meta)
@@ -18,6 +18,7 @@ from pipeline.types import SearchResult
 
 VECTOR_INDEX_MIN_ROWS = 50_000  # below this a flat scan is faster than an IVF index pays back
 OUR_TABLES = (CHUNKS, DOCUMENTS)  # the only tables pagefault creates, and so the only ones it ever drops
+READ_CONSISTENCY_S = 5.0  # how often an unpinned reader looks for versions that another process wrote
 
 
 def sql_str(value: str) -> str:
@@ -27,11 +28,13 @@ def sql_str(value: str) -> str:
 class Archive:
     """A LanceDB store of document chunks. Open read-only with `Archive.open`, for writing with `Archive.create`."""
 
-    def __init__(self, path: Path, db, meta: StoreMeta, *, embedder=None, fusion: Fusion | None = None) -> None:
-        self.path = path
+    def __init__(self, location: Location, db, meta: StoreMeta, *, embedder=None,
+                 fusion: Fusion | None = None) -> None:
+        self.path = location  # prints as the path or s3:// URI it was opened with
         self.fusion = fusion or Fusion()
         self.db = db
         self.meta = meta
+        self.storage_options = location.storage_options()  # what Lance needs to reach object storage
         if embedder is None:
             from pipeline.ingest.embed import Embedder
 
@@ -43,42 +46,46 @@ class Archive:
     # --- opening ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path | str, *, version: int | None = None, embedder=None,
+    def open(cls, path: Path | str | Location, *, version: int | None = None, embedder=None,
              fusion: Fusion | None = None) -> "Archive":
         """Open an existing store; `version` pins the chunks table to one LanceDB version (reproducible reads).
 
-        `fusion` is how hybrid search merges its rankings (default: Settings' defaults).
+        `fusion` is how hybrid search merges its rankings (default: Settings' defaults). Unpinned, the tables
+        follow new versions written elsewhere (checked every READ_CONSISTENCY_S).
         """
-        path = Path(path)
-        meta = read_meta(path)
+        location = Location.of(path)
+        meta = read_meta(location)
         if meta is None:
-            raise StoreError(f"no archive at {path}: run `analyze ingest DIR` first (or pass --store)")
-        check_format(path, meta)
-        archive = cls(path, lancedb.connect(str(path)), meta, embedder=embedder, fusion=fusion)
+            raise StoreError(f"no archive at {location}: run `analyze ingest DIR` first (or pass --store)")
+        check_format(location, meta)
+        archive = cls(location, location.connect(read_consistency_interval=READ_CONSISTENCY_S), meta,
+                      embedder=embedder, fusion=fusion)
         if version is not None:
             archive.pin(version)
         return archive
 
     @classmethod
-    def create(cls, path: Path | str, meta: StoreMeta, *, embedder=None, rebuild: bool = False) -> "Archive":
+    def create(cls, path: Path | str | Location, meta: StoreMeta, *, embedder=None,
+               rebuild: bool = False) -> "Archive":
         """Open a store for ingest, creating it if needed. Other settings or another store format are an error
         unless `rebuild`, which drops pagefault's own tables: old and new chunks never mix.
 
-        A path that is a file, a non-empty directory that is not a pagefault store, or a store holding tables
-        pagefault did not create is refused (`StoreError`) and left untouched, `rebuild` or not.
+        A path that is a file, a non-empty directory or prefix that is not a pagefault store, or a store holding
+        tables pagefault did not create is refused (`StoreError`) and left untouched, `rebuild` or not.
         """
-        path = Path(path)
-        check_ours(path)
-        existing = read_meta(path)
+        location = Location.of(path)
+        check_ours(location)
+        existing = read_meta(location)
         if existing is not None and existing != meta and not rebuild:
-            check_format(path, existing)
+            check_format(location, existing)
             raise StoreError("the store at {} was built with other settings ({}); rerun with --rebuild to "
-                             "re-embed everything".format(path, "; ".join(existing.mismatch(meta))))
-        path.mkdir(parents=True, exist_ok=True)
-        if existing is None:  # first of all, so that from its first table on the directory is recognisably ours
-            write_meta(path, meta)
-        db = lancedb.connect(str(path))
-        names = table_names(path)
+                             "re-embed everything".format(location, "; ".join(existing.mismatch(meta))))
+        if not location.remote:
+            Path(location.uri).mkdir(parents=True, exist_ok=True)
+        if existing is None:  # first of all, so that from its first table on the store is recognisably ours
+            write_meta(location, meta)
+        db = location.connect()
+        names = table_names(location)
         if rebuild or existing != meta:
             for name in OUR_TABLES:
                 if name in names:
@@ -89,10 +96,10 @@ class Archive:
         if DOCUMENTS not in names:
             db.create_table(DOCUMENTS, schema=DOCUMENT_SCHEMA)
         elif "path_bytes" not in db.open_table(DOCUMENTS).schema.names:  # format 2 as first landed, without it
-            raise StoreError(f"the store at {path} has an older format 2 layout; rebuild it with "
+            raise StoreError(f"the store at {location} has an older format 2 layout; rebuild it with "
                              "`analyze ingest DIR --rebuild`")
-        write_meta(path, meta)
-        return cls(path, db, meta, embedder=embedder)
+        write_meta(location, meta)
+        return cls(location, db, meta, embedder=embedder)
 
     def pin(self, version: int | None = None) -> None:
         """Read the chunks table at `version` (default: the current one) from now on, whatever ingest writes."""
@@ -221,23 +228,24 @@ class Archive:
         return search_chunks(self.chunks, self.embedder, query, mode=mode, top_k=top_k, page=page, fusion=self.fusion)
 
 
-def table_names(path: Path) -> set[str]:
-    """The LanceDB tables in the local store directory `path`."""
-    return {entry.name[:-len(".lance")] for entry in Path(path).glob("*.lance")}
+def table_names(location: Location | Path | str) -> set[str]:
+    """The LanceDB tables in the store at `location` (a local directory or an s3:// prefix)."""
+    return {name[:-len(".lance")] for name in Location.of(location).list_names() if name.endswith(".lance")}
 
 
-def check_ours(path: Path) -> None:
-    """`StoreError` unless `path` is free for a store, or a store pagefault made holding only its own tables."""
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"--store {path} is a file, not a store directory; choose another --store")
-    if not path.is_dir():
+def check_ours(location: Location | Path | str) -> None:
+    """`StoreError` unless `location` is free for a store, or a store pagefault made holding only its own tables."""
+    location = Location.of(location)
+    if location.is_file():
+        raise StoreError(f"--store {location} is a file, not a store directory; choose another --store")
+    names = location.list_names()
+    if META_FILE not in names:
+        if any(name not in (LOCK_FILE, META_FILE + ".tmp") for name in names):
+            kind = "prefix" if location.remote else "directory"
+            raise StoreError(f"--store {location} is a non-empty {kind} that is not a pagefault store (no "
+                             f"{META_FILE}); refusing to touch it: choose another --store")
         return
-    if not (path / META_FILE).exists():
-        if any(entry.name not in (LOCK_FILE, META_FILE + ".tmp") for entry in path.iterdir()):
-            raise StoreError(f"--store {path} is a non-empty directory that is not a pagefault store (no {META_FILE});"
-                             " refusing to touch it: choose another --store")
-        return
-    foreign = sorted(table_names(path) - set(OUR_TABLES))
+    foreign = sorted(table_names(location) - set(OUR_TABLES))
     if foreign:
-        raise StoreError(f"the store at {path} holds tables pagefault did not create ({', '.join(foreign)}); "
+        raise StoreError(f"the store at {location} holds tables pagefault did not create ({', '.join(foreign)}); "
                          "refusing to touch it: move them out or choose another --store")

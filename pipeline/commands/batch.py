@@ -22,16 +22,42 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
 
     Raises `click.ClickException` with a plain message when the store or the endpoint is unusable.
     """
+    from pipeline.agent.loop import answer
     from pipeline.batch import RateLimitedClient, RateLimiter
+
+    client = _client(settings)
+    if rpm:
+        client = RateLimitedClient(client, RateLimiter(rpm))
+    archive = _pinned_archive(settings, store_version)
+
+    def answer_fn(question: str) -> Any:
+        return answer(question, retriever=archive, client=client, settings=settings)
+
+    return answer_fn, {"model": settings.model, "store_version": archive.version}
+
+
+def build_ray_answer_fn(settings: Settings, *, rpm: float | None, store_version: int | None,
+                        concurrency: int) -> tuple[Any, dict[str, Any]]:
+    """`build_answer_fn` for `--engine ray` (inside a Ray session): `concurrency` agents on Ray actors, all
+    reading the version pinned here; `rpm` holds for the whole cluster."""
+    from pipeline.batch_ray import Answerers
+
+    _client(settings)  # no endpoint configured: say so here, not once per actor
+    version = _pinned_archive(settings, store_version).version
+    return (Answerers(settings, version=version, concurrency=concurrency, rpm=rpm),
+            {"model": settings.model, "store_version": version})
+
+
+def _client(settings: Settings):
     from pipeline.llm import LLMError, make_client
 
     try:
-        client = make_client(settings)
+        return make_client(settings)
     except LLMError as exc:
         raise click.ClickException(str(exc)) from None
-    if rpm:
-        client = RateLimitedClient(client, RateLimiter(rpm))
-    from pipeline.agent.loop import answer
+
+
+def _pinned_archive(settings: Settings, store_version: int | None):
     from pipeline.archive.search import Fusion
     from pipeline.archive.store import Archive, StoreError
 
@@ -42,11 +68,7 @@ def build_answer_fn(settings: Settings, *, rpm: float | None, store_version: int
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # a missing version, a corrupt store: say what and where
         raise click.ClickException(f"cannot open the archive at {settings.store}: {exc}") from None
-
-    def answer_fn(question: str) -> Any:
-        return answer(question, retriever=archive, client=client, settings=settings)
-
-    return answer_fn, {"model": settings.model, "store_version": archive.version}
+    return archive
 
 
 def _nothing_to_ask(question: str) -> Any:
@@ -78,10 +100,16 @@ def _nothing_to_ask(question: str) -> Any:
               help="Record an abstention instead of an answer whose claims are in no retrieved chunk (env "
                    "ANALYZE_STRICT=1); the answer is kept under `withheld`.")
 @llm_options
+@click.option("--engine", type=click.Choice(["local", "ray"]), envvar="ANALYZE_ENGINE", default=None,
+              help="local: threads here (default); ray: agents on Ray actors, one per --concurrency "
+                   "(install .[ray]; env ANALYZE_ENGINE).")
+@click.option("--ray-address", default=None,
+              help="Ray cluster for --engine ray (env RAY_ADDRESS; default: a local Ray started for the run).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the progress bar.")
 def command(file: Path, out: Path | None, concurrency: int | None, rpm: float | None, retry_errors: bool, store: str,
             model: str | None, tool_mode: str | None, max_steps: int | None, context_window: int | None,
-            top_k: int | None, strict: bool | None, llm: str, local_model: str | None, progress: bool) -> None:
+            top_k: int | None, strict: bool | None, llm: str, local_model: str | None, engine: str | None,
+            ray_address: str | None, progress: bool) -> None:
     """Answer every question in FILE into OUT, one JSON record per line.
 
     \b
@@ -104,7 +132,8 @@ def command(file: Path, out: Path | None, concurrency: int | None, rpm: float | 
     from pipeline.batch import BatchInputError, format_summary, key, load_output, read_questions, run_batch
 
     settings = Settings.from_env(store=store, model=model, tool_mode=tool_mode, max_steps=max_steps,
-                                 context_window=context_window, top_k=top_k, strict=strict)
+                                 context_window=context_window, top_k=top_k, strict=strict, engine=engine,
+                                 ray_address=ray_address)
     out = out or Path("outputs") / f"{file.stem}.jsonl"
     try:
         if out.resolve() == file.resolve():
@@ -128,13 +157,16 @@ def command(file: Path, out: Path | None, concurrency: int | None, rpm: float | 
         concurrency = 1 if wants_local(llm, settings) else 4
     endpoint = (contextlib.nullcontext(settings) if nothing_to_ask  # start no endpoint and no local server
                 else llm_endpoint(settings, llm=llm, local_model=local_model, echo=lambda m: click.echo(m, err=True)))
+    on_ray = settings.engine == "ray" and not nothing_to_ask
     try:
-        with endpoint as settings:
-            answer_fn, meta = ((_nothing_to_ask, {}) if nothing_to_ask
-                               else build_answer_fn(settings, rpm=rpm, store_version=pinned))
+        with endpoint as settings, _cluster(settings, progress) if on_ray else contextlib.nullcontext():
+            answer_fn, meta = (
+                (_nothing_to_ask, {}) if nothing_to_ask
+                else build_ray_answer_fn(settings, rpm=rpm, store_version=pinned, concurrency=concurrency) if on_ray
+                else build_answer_fn(settings, rpm=rpm, store_version=pinned))
             result = run_batch(questions, out, answer_fn, concurrency=concurrency, retry_errors=retry_errors,
                                bad_lines=bad, meta=meta, progress=progress)
-    except click.ClickException as exc:  # no endpoint, no archive, no local model
+    except click.ClickException as exc:  # no endpoint, no archive, no local model, no Ray cluster
         click.echo(f"Error: {exc.message}", err=True)
         sys.exit(EXIT_USAGE)
     except OSError as exc:  # a full disk: what was written stays, a torn last line is repaired on the rerun
@@ -151,3 +183,15 @@ def command(file: Path, out: Path | None, concurrency: int | None, rpm: float | 
     wanted = {key(q.id) for q in questions}
     failed = any(r["status"] != "ok" for r in load_output(out) if key(r["id"]) in wanted) or bad
     sys.exit(EXIT_ERRORS if failed else EXIT_OK)
+
+
+@contextlib.contextmanager
+def _cluster(settings: Settings, progress: bool):
+    """The Ray session of `--engine ray`, its failures as one-line errors."""
+    from pipeline.cluster import ClusterError, ray_session
+
+    try:
+        with ray_session(settings.ray_address, progress=progress):
+            yield
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -25,6 +25,11 @@ from pipeline.cli import store_option
 @click.option("--ocr", type=click.Choice(["auto", "off", "force"]), envvar="ANALYZE_OCR", default=None,
               help="Read PDF pages by OCR: auto (default) those without a usable text layer, force every page, "
                    "off none (env ANALYZE_OCR).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), envvar="ANALYZE_ENGINE", default=None,
+              help="local: this machine (default); ray: a Ray cluster (install .[ray]; env ANALYZE_ENGINE).")
+@click.option("--ray-address", default=None,
+              help="Ray cluster for --engine ray, e.g. 10.0.0.5:6379 (env RAY_ADDRESS; default: a local Ray "
+                   "started for the run).")
 @click.option("--rebuild", is_flag=True,
               help="Drop pagefault's tables and re-embed everything (needed after changing settings).")
 @click.option("--repair", is_flag=True, help="First remove duplicate chunk and document rows (see `analyze status`).")
@@ -33,8 +38,8 @@ from pipeline.cli import store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary line.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def command(directory: str, store: str, embedder: str | None, chunk_tokens: int | None, chunk_overlap: int | None,
-            workers: int | None, max_file_mb: int | None, ocr: str | None, rebuild: bool, repair: bool, wait: float,
-            as_json: bool, quiet: bool) -> None:
+            workers: int | None, max_file_mb: int | None, ocr: str | None, engine: str | None,
+            ray_address: str | None, rebuild: bool, repair: bool, wait: float, as_json: bool, quiet: bool) -> None:
     """Ingest DIRECTORY into archival memory (LanceDB), incrementally.
 
     Finds .pdf .txt .md .html .htm .docx files (hidden files skipped), parses PDFs page by page with pypdf (pages
@@ -50,8 +55,9 @@ def command(directory: str, store: str, embedder: str | None, chunk_tokens: int 
     kept in `analyze status`), the rest landed; 1 the run itself failed
     (another writer holds the store, the store is not ours, the disk is full).
     """
+    from pipeline.cluster import ClusterError
     from pipeline.config import Settings
-    from pipeline.ingest.local import EXIT_FAILURES, ingest_directory
+    from pipeline.ingest.plan import EXIT_FAILURES
     from pipeline.terminal import safe
     from pipeline.archive.lock import StoreLocked
     from pipeline.archive.store import StoreError
@@ -59,11 +65,12 @@ def command(directory: str, store: str, embedder: str | None, chunk_tokens: int 
 
     settings = Settings.from_env(store=store, embedder=embedder, chunk_tokens=chunk_tokens,
                                  chunk_overlap=chunk_overlap, embed_workers=workers, max_file_mb=max_file_mb,
-                                 ocr=ocr)
+                                 ocr=ocr, engine=engine, ray_address=ray_address)
     try:
-        report = ingest_directory(directory, settings, progress=not quiet, rebuild=rebuild, repair=repair, wait=wait,
-                                  on_failure=lambda path, reason: click.echo(safe(f"skipped {path}: {reason}"), err=True))
-    except (StoreError, StoreLocked, ValueError, FileNotFoundError, OcrError) as exc:
+        report = _engine(settings.engine)(
+            directory, settings, progress=not quiet, rebuild=rebuild, repair=repair, wait=wait,
+            on_failure=lambda path, reason: click.echo(safe(f"skipped {path}: {reason}"), err=True))
+    except (StoreError, StoreLocked, ClusterError, ValueError, FileNotFoundError, OcrError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # a full disk: every document is committed whole or not at all, so a rerun resumes
         raise click.ClickException(f"cannot write the store at {store}: {exc.strerror or exc}; free some space and "
@@ -74,3 +81,14 @@ def command(directory: str, store: str, embedder: str | None, chunk_tokens: int 
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else f"ingest: {report.summary()}")
     if report.failed:
         raise SystemExit(EXIT_FAILURES)
+
+
+def _engine(name: str):
+    """The ingest function of engine `name` (the Ray engine says so at once if the ray extra is missing)."""
+    if name == "ray":
+        from pipeline.ingest.ray import ingest_directory_ray
+
+        return ingest_directory_ray
+    from pipeline.ingest.local import ingest_directory
+
+    return ingest_directory

@@ -17,7 +17,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from pipeline.archive.lock import writer_lock
+from pipeline.archive.lock import WriterLock, writer_lock
 from pipeline.archive.schema import SEARCH_COLUMN, StoreMeta, read_meta
 from pipeline.archive.store import Archive, check_ours
 from pipeline.config import Settings
@@ -105,13 +105,13 @@ class Plan:
 
 
 @contextlib.contextmanager
-def writing(settings: Settings, *, wait: float = 0.0) -> Iterator[None]:
+def writing(settings: Settings, *, wait: float = 0.0) -> Iterator[WriterLock]:
     """Hold the store's writer lock for a whole ingest run (`StoreLocked` if another writer keeps it past `wait`
     seconds). A store that is not ours is refused (`StoreError`) before the lock file is made in it."""
-    check_ours(Path(settings.store))
-    with writer_lock(settings.store, wait=wait):
-        check_ours(Path(settings.store))  # again: it may have changed while we waited
-        yield
+    check_ours(settings.store)
+    with writer_lock(settings.store, wait=wait) as lock:
+        check_ours(settings.store)  # again: it may have changed while we waited
+        yield lock
 
 
 def begin(root: Path, settings: Settings, embedder, report: IngestReport, *, rebuild: bool,
@@ -229,11 +229,16 @@ def read_error(exc: OSError) -> str:
 
 def changed_since_planned(item: Todo) -> bool:
     """Whether the file is gone or differs (size, mtime) from when it was hashed: what was read may be torn."""
+    return changed_since(item.path, item.stat.st_size, item.stat.st_mtime_ns)
+
+
+def changed_since(path: Path | str, size: int, mtime_ns: int) -> bool:
+    """Whether the file at `path` is gone or no longer has this size and mtime."""
     try:
-        now = os.stat(item.path)
+        now = os.stat(path)
     except OSError:
         return True
-    return (now.st_size, now.st_mtime_ns) != (item.stat.st_size, item.stat.st_mtime_ns)
+    return (now.st_size, now.st_mtime_ns) != (size, mtime_ns)
 
 
 CHANGED_WHILE_READ = "changed while being read (it is read again on the next run)"
