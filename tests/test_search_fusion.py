@@ -130,7 +130,7 @@ def test_vector_matches_through_an_ivf_index_keep_their_similarity_floor(tmp_pat
 
     rows = Corpus().batch(0, 3000)
     table = lancedb.connect(str(tmp_path)).create_table("chunks", rows)
-    table.create_index("vector", config=search.vector_index(len(rows)))
+    table.create_index("vector", config=search.vector_index())
     vectors = np.stack(rows["vector"].to_numpy(zero_copy_only=False))
 
     def check(ns):
@@ -146,3 +146,25 @@ def test_vector_matches_through_an_ivf_index_keep_their_similarity_floor(tmp_pat
     table.add(added)
     vectors = np.concatenate([vectors, np.stack(added["vector"].to_numpy(zero_copy_only=False))])
     check([n for n in range(3000, 3300) if (vectors @ vectors[n] >= search.MIN_SIMILARITY).sum() > 1][:3] + [17])
+
+
+def test_the_vector_index_keeps_its_partitions_through_optimize(tmp_path):
+    """The measured defect: an index built with a partition count was retrained by `optimize()` to LanceDB's
+    default partition size (447 partitions became 7; at 1M chunks, 31 of 32,768 rows each), so every query
+    compared about a third of the table."""
+    import lance
+    import lancedb
+
+    from pipeline.bench.search_latency import Corpus
+
+    table = lancedb.connect(str(tmp_path)).create_table("chunks", Corpus().batch(0, 4000))
+    table.add(Corpus().batch(4000, 4000))
+    table.create_index("vector", config=search.vector_index())
+
+    def partitions() -> int:
+        return lance.dataset(str(tmp_path / "chunks.lance")).stats.index_stats("vector_idx")["indices"][0][
+            "num_partitions"]
+
+    before = partitions()
+    table.optimize()
+    assert before >= 8000 // search.PARTITION_ROWS - 1 and partitions() == before

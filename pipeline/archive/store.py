@@ -217,7 +217,7 @@ class Archive:
             step("source", lambda: self.chunks.create_index("source", config=BTree(), replace=True))
         has_vector_index = any("vector" in index.columns for index in names.values())
         if rows >= VECTOR_INDEX_MIN_ROWS and not has_vector_index:
-            step("vector", lambda: self.chunks.create_index("vector", config=vector_index(rows)))
+            step("vector", lambda: self.chunks.create_index("vector", config=vector_index()))
         step("optimize", lambda: (self.chunks.optimize(), self.documents.optimize()))
         return steps
 

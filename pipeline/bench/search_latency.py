@@ -203,6 +203,6 @@ def run(out_dir: Path, sizes: tuple[int, ...] | None = None) -> dict:
         shutil.rmtree(root, ignore_errors=True)
     return {"sizes": results, "query_encode": query_encode(), "top_k": 10, "queries": QUERIES,
             "settings": {"nprobes": search.NPROBES, "exact_head": search.EXACT_HEAD,
-                         "count_limit": search.COUNT_LIMIT, "vector_index": repr(search.vector_index(1_000_000))},
+                         "count_limit": search.COUNT_LIMIT, "vector_index": repr(search.vector_index())},
             "targets": {"hybrid_p50_ms": {"100000": 12, "1000000": 40}, "vector_recall@10": 0.95},
             "note": "machine: 2 cores shared; run under flock /tmp/pagefault-bench.lock; load is uptime's"}
