@@ -56,10 +56,15 @@ def test_core_memory_append_replace_and_limits():
     assert core.blocks["notes"].value == "fact one [c1]\nfact two [c2]"
     core.replace("notes", "fact one", "fact 1")
     assert core.to_dict()["notes"].startswith("fact 1 [c1]")
-    with pytest.raises(MemoryEditError, match="over its limit"):
-        core.append("notes", "x" * core.blocks["notes"].limit)
+    limit = core.blocks["notes"].limit
+    value, cut = core.append("notes", "word " * limit)  # too long: cut at a word to what fits, and said so
+    assert len(value) <= limit and value.endswith(" word") and "\nword word" in value and 0 < cut < len("word " * limit)
+    with pytest.raises(MemoryEditError, match="is full"):
+        core.append("notes", "another finding that does not fit")
     with pytest.raises(MemoryEditError, match="not found"):
         core.replace("notes", "absent", "y")
+    empty = CoreMemory.for_window(4096)
+    assert empty.replace("notes", "", "first note [c9]") == "first note [c9]"  # an empty old_content appends
     with pytest.raises(MemoryEditError, match="no memory block named 'persona'"):
         core.append("persona", "x")
     core.set("task", "q" * 10_000)

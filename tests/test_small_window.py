@@ -232,6 +232,27 @@ def test_a_repeated_identical_search_returns_the_next_page_then_a_hint():
     assert result.status == "ok"
 
 
+def test_memory_edits_that_small_models_repeated_now_land_or_point_elsewhere():
+    """Measured with the 1.5B model at 8192: a first note longer than `notes` holds failed step after step, and
+    so did core_memory_replace with an empty old_content on an empty block; each identical retry failed again."""
+    long_note = "E-117 means a blocked suction line " * 20  # about 700 characters: more than notes holds at 8192
+    absent = {"name": "notes", "old_content": "no such text", "new_content": "x"}
+    client = ScriptedChatClient([
+        json_reply("core_memory_replace", {"name": "notes", "old_content": "", "new_content": "warranty: Solberg"}),
+        json_reply("core_memory_append", {"name": "notes", "content": long_note}),
+        json_reply("core_memory_replace", absent), json_reply("core_memory_replace", absent),
+        json_reply(SEARCH, {"query": "impeller nut torque"}),
+        json_reply("send_message", {"message": "42 Nm", "citations": ["r01"]})], intercept=summaries())
+    result = answer(QUESTION, retriever=FakeRetriever(long_hits(3, answer_at=1)), client=client,
+                    settings=Settings(context_window=8192, tool_mode="json", response_format="json_object"))
+    agent = [last_content(r) for r in client.requests if not is_summary_request(r)]
+    assert "status: OK" in agent[1]  # an empty old_content appends
+    assert "status: OK" in agent[2] and "characters of your note were left out" in agent[2]
+    assert "old_content was not found" in agent[3] and "this exact call failed before" not in agent[3]
+    assert "this exact call failed before" in agent[4] and "Search with other words" in agent[4]
+    assert result.status == "ok" and result.answer == "42 Nm"
+
+
 def test_a_chunk_id_anywhere_in_a_citation_string_is_kept_and_still_validated():
     hits = long_hits(6, answer_at=2)
     header = "chunk_id: r02 | source: doc.txt | page: 2 | heading: Torque"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+MIN_NOTE = 40  # an append keeps at least this much of its content (or all of a shorter one), else it fails
 # what a full block is assumed to hold when budgeting: notes-like text with chunk ids and numbers
 _FILLER = ("The Hydra-7 pump holds at most 16 bar; replace its seals every 2000 hours "
            "(chunk 4f1c2a9e0b7d3c5e8a61, p. 12). ")
@@ -48,19 +49,28 @@ class CoreMemory:
         block = self._block(name)
         block.value = value[:block.limit]
 
-    def append(self, name: str, content: str) -> str:
+    def append(self, name: str, content: str) -> tuple[str, int]:
+        """Add `content` on a line of its own: (the block's value, characters of `content` left out).
+
+        Content longer than the room left is cut at a word boundary to fit, and the caller says so: small models
+        retried the same too-long note step after step. A block with almost no room left is an error.
+        """
         block = self._block(name)
-        new = f"{block.value}\n{content}" if block.value else content
-        if len(new) > block.limit:
+        room = block.limit - len(block.value) - (1 if block.value else 0)
+        kept = content if len(content) <= room else content[:room].rsplit(" ", 1)[0].rstrip()
+        if len(kept) < min(len(content), MIN_NOTE):
             raise MemoryEditError(
-                f"block {name!r} would hold {len(new)} characters, over its limit of {block.limit} "
-                f"({block.limit - len(block.value)} left); shorten it with core_memory_replace first")
-        block.value = new
-        return new
+                f"block {name!r} is full ({len(block.value)}/{block.limit} characters); make room with "
+                f"core_memory_replace (new_content shorter than old_content) first")
+        block.value = f"{block.value}\n{kept}" if block.value else kept
+        return block.value, len(content) - len(kept)
 
     def replace(self, name: str, old: str, new: str) -> str:
+        """Replace the first `old` with `new`; an empty `old` appends `new` (as models write a first note)."""
         block = self._block(name)
-        if not old or old not in block.value:
+        if not old.strip():
+            return self.append(name, new)[0]
+        if old not in block.value:
             raise MemoryEditError(f"old_content was not found in block {name!r}; copy it exactly")
         value = block.value.replace(old, new, 1)
         if len(value) > block.limit:

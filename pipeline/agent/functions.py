@@ -231,12 +231,22 @@ class Toolbox:
         self.messages_per_page: int | None = None
         self.urged = False  # an answer before any call was refused once
         self.calls = 0  # calls made before the current one
+        self.failed: set[tuple[str, str]] = set()  # (function, arguments) of the calls that failed
 
     def call(self, name: str, raw_arguments: str | dict[str, Any]) -> Outcome:
+        """Run one call. The same call failing again gets a pointer elsewhere: small models repeated a failing
+        memory edit step after step."""
         try:
-            return self._dispatch(name, raw_arguments)
+            outcome = self._dispatch(name, raw_arguments)
         finally:
             self.calls += 1
+        if not outcome.ok:
+            key = (name, json.dumps(outcome.arguments or raw_arguments, sort_keys=True, default=str))
+            if key in self.failed:
+                return Outcome.failed(f"this exact call failed before ({outcome.summary[len('Failed: '):]}); do not "
+                                      f"repeat it. {self._other_words()}", outcome.arguments)
+            self.failed.add(key)
+        return outcome
 
     def _dispatch(self, name: str, raw_arguments: str | dict[str, Any]) -> Outcome:
         if name not in SPECS:
@@ -287,10 +297,11 @@ class Toolbox:
     def core_memory_append(self, name: str, content: str) -> Outcome:
         if echoes_alert(content):
             raise MemoryEditError(f"that is the memory alert, not a finding; nothing was saved. {self.task_line()}")
-        value = self.context.core.append(name, content)
+        value, cut = self.context.core.append(name, content)
         block = self.context.core.blocks[name]
-        return Outcome(True, f"status: OK\nBlock {name!r} now holds {len(value)}/{block.limit} characters.",
-                       f"OK: {name} {len(value)}/{block.limit} chars")
+        note = f" It was full: the last {cut} characters of your note were left out." if cut else ""
+        return Outcome(True, f"status: OK\nBlock {name!r} now holds {len(value)}/{block.limit} characters.{note}",
+                       f"OK: {name} {len(value)}/{block.limit} chars" + (f", {cut} cut" if cut else ""))
 
     def core_memory_replace(self, name: str, old_content: str, new_content: str) -> Outcome:
         value = self.context.core.replace(name, old_content, new_content)
