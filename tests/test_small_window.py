@@ -253,6 +253,15 @@ def test_memory_edits_that_small_models_repeated_now_land_or_point_elsewhere():
     assert result.status == "ok" and result.answer == "42 Nm"
 
 
+def test_a_search_repeated_after_failing_keeps_its_own_pointer_elsewhere_once():
+    client = ScriptedChatClient([json_reply(SEARCH, {"query": "zebra"})] * 3
+                                + [json_reply("send_message", {"message": "none"})], intercept=summaries())
+    result = answer(QUESTION, retriever=FakeRetriever([]), client=client,
+                    settings=Settings(context_window=8192, tool_mode="json", response_format="json_object"))
+    third = [s.result for s in result.steps][2]
+    assert third.startswith("Failed: you already searched for 'zebra'") and third.count("Search with other words") == 1
+
+
 def test_a_chunk_id_anywhere_in_a_citation_string_is_kept_and_still_validated():
     hits = long_hits(6, answer_at=2)
     header = "chunk_id: r02 | source: doc.txt | page: 2 | heading: Torque"

@@ -234,17 +234,17 @@ class Toolbox:
         self.failed: set[tuple[str, str]] = set()  # (function, arguments) of the calls that failed
 
     def call(self, name: str, raw_arguments: str | dict[str, Any]) -> Outcome:
-        """Run one call. The same call failing again gets a pointer elsewhere: small models repeated a failing
-        memory edit step after step."""
+        """Run one call. The same call failing again gets a pointer elsewhere (small models repeated a failing
+        memory edit step after step), unless its failure already gives one, as a repeated search's does."""
         try:
             outcome = self._dispatch(name, raw_arguments)
         finally:
             self.calls += 1
         if not outcome.ok:
             key = (name, json.dumps(outcome.arguments or raw_arguments, sort_keys=True, default=str))
-            if key in self.failed:
+            if key in self.failed and (elsewhere := self._other_words()) not in outcome.text:
                 return Outcome.failed(f"this exact call failed before ({outcome.summary[len('Failed: '):]}); do not "
-                                      f"repeat it. {self._other_words()}", outcome.arguments)
+                                      f"repeat it. {elsewhere}", outcome.arguments)
             self.failed.add(key)
         return outcome
 
