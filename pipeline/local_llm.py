@@ -23,8 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
@@ -199,10 +197,12 @@ class LocalServer:
             time.sleep(0.25)
 
     def ready(self) -> bool:
+        import urllib.request  # here, not at the top: `ask`/`batch`/`eval --help` import this module for its options
+
         try:
             with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
                 return response.status == 200 and "data" in json.load(response)
-        except (OSError, ValueError, urllib.error.URLError):
+        except (OSError, ValueError):  # URLError is an OSError
             return False
 
     def log_tail(self, lines: int = 15) -> str:

@@ -170,6 +170,14 @@ def test_remote_settings_pass_through_untouched() -> None:
         pass
 
 
+def test_option_help_of_the_llm_commands_imports_no_http_client() -> None:
+    code = ("import sys; from click.testing import CliRunner; from pipeline.cli import main;"
+            "codes = [CliRunner().invoke(main, [c, '--help']).exit_code for c in ('ask', 'batch', 'eval')];"
+            "assert codes == [0, 0, 0], codes; assert 'pipeline.local_llm' in sys.modules;"
+            "assert 'urllib.request' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_missing_llama_cpp_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_llm, "llama_server_available", lambda: False)
     for mode, start in (("local", "--llm local needs"), ("auto", "no OPENAI_BASE_URL/OPENAI_API_KEY set")):
