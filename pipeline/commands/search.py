@@ -57,11 +57,10 @@ def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_
         click.echo(json.dumps([_hit_json(h) for h in result.hits], indent=2))
         return
     first = page * top_k + 1
-    if not result.hits:
-        click.echo(f"No results on page {page + 1} ({'' if result.total_exact else 'at least '}{result.total} "
-                   "matches in all).")
-        return
     bound = "" if result.total_exact else "at least "
+    if not result.hits:
+        click.echo(f"No results on page {page + 1} ({bound}{result.total} matches in all).")
+        return
     click.echo(f"Showing results {first}-{first + len(result.hits) - 1} of {bound}{result.total} "
                f"(page {page + 1} of {bound}{result.pages}, {mode})")
     for rank, hit in enumerate(result.hits, start=first):
