@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started as a background job of a non-interactive shell (`make test &`, nohup, a CI runner) inherits
+    SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the Ctrl-C tests (test_batch's, and
+    test_local_llm's owner process, which inherits the disposition) would have their SIGINT dropped. They test
+    Ctrl-C as a terminal delivers it, so the suite takes SIGINT as a foreground process does."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
