@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch import load_output
+
 WINDOWS = (8192, 4096)
 SEARCHES = ("archival_memory_search", "conversation_search")
 
@@ -90,7 +92,7 @@ def run(out_dir: Path) -> dict[str, Any]:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if done.returncode not in (0, 1):
             raise RuntimeError(f"analyze batch at {window} failed ({done.returncode}): {done.stderr[-2000:]}")
-        records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        records = load_output(out, repair=False)
         result["windows"][str(window)] = {**step_report(records), "wall_s": round(time.perf_counter() - started, 1),
                                           "grounding": summarize(records)}
     return result
@@ -98,8 +100,7 @@ def run(out_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     for path in argv:
-        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        print(json.dumps({"file": path, **step_report(records)}))
+        print(json.dumps({"file": path, **step_report(load_output(Path(path), repair=False))}))
     return 0
 
 

@@ -134,7 +134,7 @@ def main(argv: list[str]) -> int:
     from pipeline.batch import load_output
 
     for path in argv:
-        print(json.dumps({"file": path, **summarize(load_output(Path(path)))}, indent=2))
+        print(json.dumps({"file": path, **summarize(load_output(Path(path), repair=False))}, indent=2))
     return 0
 
 
