@@ -8,6 +8,7 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterable
 
 CRANFIELD = Path(os.environ.get("PAGEFAULT_CRANFIELD", "")
                  or Path(__file__).resolve().parents[2].parent / "shared" / "eval" / "cranfield")
@@ -25,12 +26,9 @@ def recall_at(ranked: list[str], gains: dict[str, int], k: int) -> float:
     return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
 
 
-def documents_in_order(hits) -> list[str]:
-    """Chunk hits -> document ids (file stems), each at its best rank."""
-    seen: dict[str, None] = {}
-    for hit in hits:
-        seen.setdefault(Path(hit.source).stem, None)
-    return list(seen)
+def documents_in_order(sources: Iterable[str]) -> list[str]:
+    """The sources of ranked chunks -> document ids (file stems), each at its best rank."""
+    return list(dict.fromkeys(Path(source).stem for source in sources))
 
 
 def run(out_dir: Path) -> dict:
@@ -64,14 +62,14 @@ def run(out_dir: Path) -> dict:
     for mode in MODES:
         ndcg, recall = [], []
         for q in queries:
-            ranked = documents_in_order(archive.search(q["text"], mode=mode, top_k=150).hits)
+            ranked = documents_in_order(h.source for h in archive.search(q["text"], mode=mode, top_k=150).hits)
             ndcg.append(ndcg_at(ranked, qrels[q["_id"]], 10))
             recall.append(recall_at(ranked, qrels[q["_id"]], 100))
         scores[mode] = {"ndcg@10": round(sum(ndcg) / len(ndcg), 4), "recall@100": round(sum(recall) / len(recall), 4)}
     best_single = max(scores["vector"]["ndcg@10"], scores["fts"]["ndcg@10"])
     sources = row_column(archive, "source")
     retrieved = retrieve(archive, [" ".join(q["text"].split()) for q in queries])
-    fusions = {name: round(sum(ndcg_at(list(dict.fromkeys(Path(sources[int(i)]).stem for i in r.ranking(fusion))),
+    fusions = {name: round(sum(ndcg_at(documents_in_order(sources[int(i)] for i in r.ranking(fusion)),
                                        qrels[q["_id"]], 10) for q, r in zip(queries, retrieved)) / len(queries), 4)
                for name, fusion in CANDIDATES.items()}
     return {"queries": len(queries), "documents": report.new + report.unchanged, "chunks": archive.count(),
