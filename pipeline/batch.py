@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from pipeline.faults import fault_point
-from pipeline.files import atomic_write
+from pipeline.files import atomic_write, complete_lines
 from pipeline.redact import scrub
 from pipeline.types import Answer
 
@@ -153,15 +153,9 @@ def load_output(out: Path, *, echo: Callable[[str], None] = lambda s: None, repa
     """
     if not out.exists():
         return []
-    data = out.read_bytes()
-    cut = data.rfind(b"\n") + 1
-    if cut < len(data) and not repair:
-        data = data[:cut]
-    elif cut < len(data):  # the last write never got its newline: the record is incomplete
-        with out.open("r+b") as fh:
-            fh.truncate(cut)
-        echo(f"Repaired {out}: dropped a torn last line ({len(data) - cut} bytes); that question will be redone.")
-        data = data[:cut]
+    data, torn = complete_lines(out, repair=repair)
+    if torn and repair:
+        echo(f"Repaired {out}: dropped a torn last line ({torn} bytes); that question will be redone.")
     records = []
     for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
         if not raw.strip():

@@ -1,4 +1,5 @@
-"""Small file helpers every stage shares: durable atomic replacement and the one timestamp format."""
+"""Small file helpers every stage shares: durable atomic replacement, JSONL files read past a torn last line, and
+the one timestamp format."""
 
 from __future__ import annotations
 
@@ -38,3 +39,14 @@ def atomic_write(path: Path, chunks: Iterable[str] | str) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def complete_lines(path: Path, *, repair: bool = True) -> tuple[bytes, int]:
+    """`path`'s bytes up to its last newline, and the length of the torn last line left out (a kill mid-append
+    never wrote its newline). With `repair` that torn line is also cut off the file, so the next append is clean."""
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut < len(data) and repair:
+        with path.open("r+b") as handle:
+            handle.truncate(cut)
+    return data[:cut], len(data) - cut

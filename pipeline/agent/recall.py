@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.agent.paging import term_search
-from pipeline.files import utc_now
+from pipeline.files import complete_lines, utc_now
 
 Message = dict[str, Any]
 
@@ -35,14 +35,9 @@ class Recall:
 
 
 def load_recall(path: Path) -> list[Message]:
-    """The messages in a recall file. A torn last line (a kill mid-append) is cut off the file, as batch does with
-    its output; any other damage is a `ValueError` naming the file and line."""
-    data = path.read_bytes()
-    cut = data.rfind(b"\n") + 1
-    if cut < len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(cut)
-        data = data[:cut]
+    """The messages in a recall file. A torn last line (a kill mid-append) is cut off the file
+    (`complete_lines`); any other damage is a `ValueError` naming the file and line."""
+    data, _ = complete_lines(path)
     messages = []
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
