@@ -83,7 +83,5 @@ class Settings:
         shown["api_key"] = None if self.api_key is None else "[hidden]"
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
-    __str__ = __repr__
-
     def with_(self, **changes: object) -> "Settings":
         return replace(self, **changes)
