@@ -123,7 +123,7 @@ class OpenAIChatClient:
             except self._openai.APIConnectionError as exc:  # includes timeouts
                 problem, retry_after = self._clean(f"{type(exc).__name__}: {exc.message}"), None
             except self._openai.APIStatusError as exc:
-                problem = self._clean(f"HTTP {exc.status_code}: {_error_text(exc)}")
+                problem = f"HTTP {exc.status_code}: {_error_text(exc, self._secrets)}"
                 if exc.status_code != 429 and exc.status_code < 500:
                     raise LLMError(f"the endpoint refused the request ({problem})") from None
                 retry_after = retry_after_seconds(exc.response.headers)
@@ -148,13 +148,13 @@ def make_client(settings: Settings, *, on_retry: Callable[[str], None] | None = 
     return OpenAIChatClient(settings, on_retry=on_retry)
 
 
-def _error_text(exc: "openai.APIStatusError") -> str:
+def _error_text(exc: "openai.APIStatusError", secrets: list[str | None]) -> str:
+    """The endpoint's error message, scrubbed of `secrets` and key shapes before it is cut to 300 characters (a cut
+    first could leave part of a key that no longer matches)."""
     body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return scrub(str(inner["message"]))[:300]
-    return scrub(str(exc.message))[:300]
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    message = inner["message"] if isinstance(inner, dict) and inner.get("message") else exc.message
+    return scrub(str(message), secrets)[:300]
 
 
 def _to_reply(completion: Any) -> ChatReply:

@@ -69,6 +69,16 @@ def test_client_errors_are_not_retried():
     assert len(endpoint.requests) == 1 and delays == []
 
 
+def test_a_key_echoed_across_the_300_character_cut_leaves_no_part_behind():
+    key = "plain-settings-only-key-0123456789"  # not key-shaped and in no environment variable: only Settings knows it
+    body = {"error": {"message": "x" * 290 + f" key {key} rejected"}}
+    with FakeEndpoint.scripted([Fault(401, body)]) as endpoint:
+        client = OpenAIChatClient(Settings(base_url=endpoint.base_url, api_key=key, model="m"), sleep=lambda s: None)
+        with pytest.raises(LLMError) as err:
+            client.complete(USER)
+    assert key[:5] not in str(err.value) and " key [reda" in str(err.value)  # redacted, then cut
+
+
 def test_timeouts_are_retried():
     slow_then_fast = iter([0.5, 0.0])
 
