@@ -41,7 +41,8 @@ class ray_session:
                     ray.init(address=self.address, **kwargs)
                 else:
                     with without_secrets():  # the processes of a local Ray inherit this environment
-                        ray.init(object_store_memory=OBJECT_STORE_BYTES, **kwargs)
+                        # "local": a new Ray of our own, never one that something else runs on this machine
+                        ray.init(address="local", object_store_memory=OBJECT_STORE_BYTES, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ClusterError(f"cannot reach the Ray cluster at {self.address or 'RAY_ADDRESS'}: {first}") \

@@ -165,7 +165,7 @@ def local_ray():
     os.environ[name] = value
     try:
         with without_secrets():
-            ray.init(num_cpus=2, object_store_memory=256 << 20, include_dashboard=False, logging_level="ERROR",
+            ray.init(address="local", num_cpus=2, object_store_memory=256 << 20, include_dashboard=False, logging_level="ERROR",
                      log_to_driver=False)
     finally:
         del os.environ[name]

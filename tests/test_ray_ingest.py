@@ -56,15 +56,17 @@ def mixed_corpus(root: Path) -> Path:
     return root
 
 
-def _kill_an_embedding_actor(stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the first embedding actor process once it has loaded its model and taken work."""
+def _kill_an_embedding_actor(stop: threading.Event, killed: list[int], raylet: str) -> None:
+    """SIGKILL the first embedding actor process of this session's Ray (its raylet's pid is `raylet`; another
+    Ray on the machine, a benchmark's, is left alone) once it has loaded its model and taken work."""
     while not stop.is_set() and not killed:
         for entry in Path("/proc").iterdir():
             try:
                 title = (entry / "cmdline").read_bytes().decode(errors="replace")
+                ours = f"RAY_RAYLET_PID={raylet}".encode() in (entry / "environ").read_bytes().split(b"\0")
             except (OSError, ValueError):
                 continue
-            if title.startswith("ray::MapWorker(MapBatches(_EmbedActor)).") and entry.name.isdigit():
+            if title.startswith("ray::MapWorker(MapBatches(_EmbedActor)).") and entry.name.isdigit() and ours:
                 os.kill(int(entry.name), signal.SIGKILL)  # busy in a method call: a batch is in flight
                 killed.append(int(entry.name))
                 break
@@ -77,8 +79,9 @@ def test_ray_engine_stores_what_the_local_engine_stores_through_a_killed_actor_a
     local, on_ray = Settings.from_env(store=tmp_path / "local"), Settings.from_env(store=tmp_path / "ray")
     want = ingest_directory(corpus, local, progress=False, embedder=embedder)
 
+    raylet = local_ray.get(local_ray.remote(num_cpus=0)(lambda: os.environ["RAY_RAYLET_PID"]).remote())
     stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_an_embedding_actor, args=(stop, killed), daemon=True)
+    killer = threading.Thread(target=_kill_an_embedding_actor, args=(stop, killed, raylet), daemon=True)
     killer.start()
     try:
         got = ingest_directory_ray(corpus, on_ray.with_(embed_workers=1), progress=False, embedder=embedder)
