@@ -148,8 +148,8 @@ class Archive:
     def duplicates(self) -> dict[str, int]:
         """Rows beyond the first for each chunk id and each document path (left by writers that overlapped
         before the store had a writer lock); all zero in a healthy store."""
-        ids = self.chunks.to_arrow().select(["chunk_id"])["chunk_id"]
-        paths = self.documents.to_arrow().select(["path"])["path"]
+        ids = _columns(self.chunks, ["chunk_id"])["chunk_id"]
+        paths = _columns(self.documents, ["path"])["path"]
         return {"chunks": len(ids) - len(ids.unique()), "documents": len(paths) - len(paths.unique())}
 
     def repair_duplicates(self) -> dict[str, int]:
@@ -161,7 +161,7 @@ class Archive:
         found = self.duplicates()
         if not any(found.values()):
             return found
-        listing = self.chunks.to_arrow().select(["chunk_id", "source"]).to_pylist()
+        listing = _columns(self.chunks, ["chunk_id", "source"]).to_pylist()
         seen: set[str] = set()
         sources: set[str] = set()
         for row in listing:
@@ -226,6 +226,11 @@ class Archive:
     def search(self, query: str, *, mode: str = "hybrid", top_k: int = 5, page: int = 0) -> SearchResult:
         """Page `page` (0-based) of `top_k` hits for `query`, with the total of matches (see `search_chunks`)."""
         return search_chunks(self.chunks, self.embedder, query, mode=mode, top_k=top_k, page=page, fusion=self.fusion)
+
+
+def _columns(table, names: list[str]) -> pa.Table:
+    """Every row of `table`, only the columns `names` (`to_arrow()` would read the vectors and texts too)."""
+    return table.search().select(names).limit(None).to_arrow()
 
 
 def table_names(location: Location | Path | str) -> set[str]:
