@@ -21,8 +21,9 @@ class ClusterError(Exception):
 
 
 class ray_session:
-    """Join the cluster at `address` (None: RAY_ADDRESS, else start a local Ray); a Ray already initialised in
-    this process is used as it is. Only a Ray started or joined here is shut down (left) on exit."""
+    """Join the cluster at `address` (Settings reads it from --ray-address or RAY_ADDRESS), or with None start a
+    new local Ray for the run; a Ray already initialised in this process is used as it is. Only a Ray started or
+    joined here is shut down (left) on exit."""
 
     def __init__(self, address: str | None, *, progress: bool = True) -> None:
         self.address, self.progress, self.started = address, progress, False
@@ -45,8 +46,8 @@ class ray_session:
                         ray.init(address="local", object_store_memory=OBJECT_STORE_BYTES, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ClusterError(f"cannot reach the Ray cluster at {self.address or 'RAY_ADDRESS'}: {first}") \
-                    from None
+                where = f"reach the Ray cluster at {self.address}" if self.address else "start a local Ray"
+                raise ClusterError(f"cannot {where}: {first}") from None
             self.started = True
         from ray.data import DataContext
 
