@@ -235,7 +235,12 @@ def _columns(table, names: list[str]) -> pa.Table:
 
 def table_names(location: Location | Path | str) -> set[str]:
     """The LanceDB tables in the store at `location` (a local directory or an s3:// prefix)."""
-    return {name[:-len(".lance")] for name in Location.of(location).list_names() if name.endswith(".lance")}
+    return _tables(Location.of(location).list_names())
+
+
+def _tables(names: list[str]) -> set[str]:
+    """The table names among the entries `names` of a store."""
+    return {name[:-len(".lance")] for name in names if name.endswith(".lance")}
 
 
 def check_ours(location: Location | Path | str) -> None:
@@ -250,7 +255,7 @@ def check_ours(location: Location | Path | str) -> None:
             raise StoreError(f"--store {location} is a non-empty {kind} that is not a pagefault store (no "
                              f"{META_FILE}); refusing to touch it: choose another --store")
         return
-    foreign = sorted(table_names(location) - set(OUR_TABLES))
+    foreign = sorted(_tables(names) - set(OUR_TABLES))  # from the same listing: one LIST, not two
     if foreign:
         raise StoreError(f"the store at {location} holds tables pagefault did not create ({', '.join(foreign)}); "
                          "refusing to touch it: move them out or choose another --store")
