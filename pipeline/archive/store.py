@@ -98,7 +98,8 @@ class Archive:
         elif "path_bytes" not in db.open_table(DOCUMENTS).schema.names:  # format 2 as first landed, without it
             raise StoreError(f"the store at {location} has an older format 2 layout; rebuild it with "
                              "`analyze ingest DIR --rebuild`")
-        write_meta(location, meta)
+        if existing is not None and existing != meta:  # rebuilt with other settings: they hold from now on
+            write_meta(location, meta)
         return cls(location, db, meta, embedder=embedder)
 
     def pin(self, version: int | None = None) -> None:
