@@ -74,7 +74,7 @@ class Archive:
         tables pagefault did not create is refused (`StoreError`) and left untouched, `rebuild` or not.
         """
         location = Location.of(path)
-        check_ours(location)
+        names = check_ours(location)
         existing = read_meta(location)
         if existing is not None and existing != meta and not rebuild:
             check_format(location, existing)
@@ -85,7 +85,6 @@ class Archive:
         if existing is None:  # first of all, so that from its first table on the store is recognisably ours
             write_meta(location, meta)
         db = location.connect()
-        names = table_names(location)
         if rebuild or existing != meta:
             for name in OUR_TABLES:
                 if name in names:
@@ -234,18 +233,14 @@ def _columns(table, names: list[str]) -> pa.Table:
     return table.search().select(names).limit(None).to_arrow()
 
 
-def table_names(location: Location | Path | str) -> set[str]:
-    """The LanceDB tables in the store at `location` (a local directory or an s3:// prefix)."""
-    return _tables(Location.of(location).list_names())
-
-
 def _tables(names: list[str]) -> set[str]:
-    """The table names among the entries `names` of a store."""
+    """The LanceDB tables among the entries `names` of a store (a local directory or an s3:// prefix)."""
     return {name[:-len(".lance")] for name in names if name.endswith(".lance")}
 
 
-def check_ours(location: Location | Path | str) -> None:
-    """`StoreError` unless `location` is free for a store, or a store pagefault made holding only its own tables."""
+def check_ours(location: Location | Path | str) -> set[str]:
+    """`StoreError` unless `location` is free for a store, or a store pagefault made holding only its own tables;
+    the tables it holds."""
     location = Location.of(location)
     if location.is_file():
         raise StoreError(f"--store {location} is a file, not a store directory; choose another --store")
@@ -255,8 +250,10 @@ def check_ours(location: Location | Path | str) -> None:
             kind = "prefix" if location.remote else "directory"
             raise StoreError(f"--store {location} is a non-empty {kind} that is not a pagefault store (no "
                              f"{META_FILE}); refusing to touch it: choose another --store")
-        return
-    foreign = sorted(_tables(names) - set(OUR_TABLES))  # from the same listing: one LIST, not two
+        return set()
+    tables = _tables(names)
+    foreign = sorted(tables - set(OUR_TABLES))
     if foreign:
         raise StoreError(f"the store at {location} holds tables pagefault did not create ({', '.join(foreign)}); "
                          "refusing to touch it: move them out or choose another --store")
+    return tables
