@@ -109,13 +109,11 @@ _JSON_DESCRIPTIONS = {
 }
 
 
-def describe_functions(only: list[str] | None = None) -> str:
+def describe_functions() -> str:
     """The functions as text, for the system prompt in json tool mode (no `tools` are sent there):
     `- name(arg: string, page: integer (optional), request_heartbeat: boolean): description`."""
     lines = []
     for name, (_, props, required) in SPECS.items():
-        if only is not None and name not in only:
-            continue
         params = [f"{p}: {spec['type']}{'' if p in required else ' (optional)'}" for p, spec in props.items()]
         params += [] if name == FINAL else ["request_heartbeat: boolean"]
         lines.append(f"- {name}({', '.join(params)}): {_JSON_DESCRIPTIONS[name]}")
