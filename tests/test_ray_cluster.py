@@ -11,7 +11,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from conftest import write_tiny_corpus  # noqa: E402
+from conftest import write_pdf  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.ingest.local import ingest_directory  # noqa: E402
 from test_ray_ingest import assert_same_store  # noqa: E402
@@ -34,7 +34,10 @@ def two_nodes():
 
 def test_ingest_on_a_two_node_cluster_stores_what_the_local_engine_stores(tmp_path, embedder, two_nodes):
     """A real `analyze ingest --engine ray --ray-address` process joins the cluster, as on a real one."""
-    corpus = write_tiny_corpus(tmp_path / "corpus")
+    corpus = tmp_path / "corpus"  # PDFs: the cluster's fresh workers then never load unstructured's models
+    corpus.mkdir()
+    for n in range(4):
+        write_pdf(corpus / f"report-{n}.pdf", [f"Report {n} page {p}: valve {n} holds {n * p} bar." for p in (1, 2, 3)])
     local = Settings.from_env(store=tmp_path / "local")
     ingest_directory(corpus, local, progress=False, embedder=embedder)
     env = {k: v for k, v in os.environ.items() if k not in ("ANALYZE_ENGINE", "RAY_ADDRESS")}

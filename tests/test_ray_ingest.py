@@ -76,7 +76,9 @@ def _kill_an_embedding_actor(stop: threading.Event, killed: list[int], raylet: s
 def test_ray_engine_stores_what_the_local_engine_stores_through_a_killed_actor_and_a_reingest(
         tmp_path, embedder, local_ray):
     corpus = mixed_corpus(tmp_path / "corpus")
-    local, on_ray = Settings.from_env(store=tmp_path / "local"), Settings.from_env(store=tmp_path / "ray")
+    # one embedding actor: on 2 cores a second model copy costs the test more than it saves
+    local = Settings.from_env(store=tmp_path / "local")
+    on_ray = Settings.from_env(store=tmp_path / "ray", embed_workers=1)
     want = ingest_directory(corpus, local, progress=False, embedder=embedder)
 
     raylet = local_ray.get(local_ray.remote(num_cpus=0)(lambda: os.environ["RAY_RAYLET_PID"]).remote())
@@ -84,7 +86,7 @@ def test_ray_engine_stores_what_the_local_engine_stores_through_a_killed_actor_a
     killer = threading.Thread(target=_kill_an_embedding_actor, args=(stop, killed, raylet), daemon=True)
     killer.start()
     try:
-        got = ingest_directory_ray(corpus, on_ray.with_(embed_workers=1), progress=False, embedder=embedder)
+        got = ingest_directory_ray(corpus, on_ray, progress=False, embedder=embedder)
     finally:
         stop.set()
         killer.join()
