@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import click
@@ -72,9 +73,12 @@ def command(directory: str, store: str, embedder: str | None, chunk_tokens: int 
             on_failure=lambda path, reason: click.echo(safe(f"skipped {path}: {reason}"), err=True))
     except (StoreError, StoreLocked, ClusterError, ValueError, FileNotFoundError, OcrError) as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:  # a full disk: every document is committed whole or not at all, so a rerun resumes
-        raise click.ClickException(f"cannot write the store at {store}: {exc.strerror or exc}; free some space and "
-                                   "rerun the same command: what landed is kept, the rest is redone") from None
+    except OSError as exc:  # a full disk, object storage lost mid-run: every document is committed whole or not
+        full = exc.errno == errno.ENOSPC or "No space left" in str(exc)  # at all, so a rerun resumes
+        reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise click.ClickException(f"cannot write the store at {settings.store}: {reason}; "
+                                   f"{'free some space and ' if full else ''}rerun the same command: what landed "
+                                   "is kept, the rest is redone") from None
 
     for path, warning in report.warnings:
         click.echo(safe(f"warning {path}: {warning}"), err=True)
