@@ -94,3 +94,27 @@ def test_batch_on_ray_answers_each_question_once_at_one_version_resumes_and_retr
         assert set(echo.asked) == {"question number 3", "question number 7"}  # a question may make several requests
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in records) == list(range(1, 8)) and all(r["status"] == "ok" for r in records)
+
+
+def test_batch_on_ray_reads_an_s3_store_whose_credentials_the_workers_lack(tmp_path, s3_bucket, embedder,
+                                                                          local_ray, monkeypatch):
+    """The local Ray was started without the AWS variables (and before they were set): the actors reach the
+    store with the options handed to them."""
+    from conftest import write_tiny_corpus
+    from pipeline.config import Settings
+    from pipeline.ingest.local import ingest_directory
+
+    ingest_directory(write_tiny_corpus(tmp_path / "corpus"), Settings.from_env(store=s3_bucket), progress=False,
+                     embedder=embedder)
+    monkeypatch.setenv("ANALYZE_STORE", s3_bucket)
+    questions = tmp_path / "questions.txt"
+    questions.write_text("What is the maximum pressure of the Hydra-7 pump?\n")
+    out = tmp_path / "out.jsonl"
+    script = [tool_reply("archival_memory_search", {"query": "Hydra-7 pump pressure", "request_heartbeat": True}),
+              tool_reply("send_message", {"message": "42 bar.", "citations": []})]
+    with FakeEndpoint.scripted(script) as endpoint:
+        result = batch(questions, out, endpoint, "--concurrency", "1")
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert record["status"] == "ok" and record["answer"] == "42 bar.", record
+    assert record["steps"][0]["result"].startswith("OK: Results 1-"), record["steps"]  # the actor's search found hits
