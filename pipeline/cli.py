@@ -6,6 +6,7 @@ Commands load lazily so that `analyze --help` never imports torch, sentence-tran
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
@@ -53,6 +54,19 @@ store_option = click.option(
     show_default=True,
     help="LanceDB store: a directory or s3://bucket/prefix (env ANALYZE_STORE; S3 credentials and endpoint from "
          "the AWS_* variables).")
+
+def open_archive(store: str) -> Any:
+    """The archive at `store`, searching with the environment's fusion settings, or a one-line `ClickException`
+    when there is none."""
+    from pipeline.archive.search import Fusion
+    from pipeline.archive.store import Archive, StoreError
+    from pipeline.config import Settings
+
+    try:
+        return Archive.open(store, fusion=Fusion.from_settings(Settings.from_env()))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
 
 MIN_CONTEXT_WINDOW = 1024  # below this nothing useful fits; between it and ~2048 the agent says what it needs
 

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 
-from pipeline.cli import context_window_option, store_option
+from pipeline.cli import context_window_option, open_archive, store_option
 from pipeline.local_llm import llm_endpoint, llm_options
 from pipeline.terminal import safe
 from pipeline.types import Answer
-
-
-def open_archive(store: str) -> Any:
-    """The archive at `store`, or a one-line `ClickException` when there is none."""
-    from pipeline.archive.search import Fusion
-    from pipeline.archive.store import Archive, StoreError
-    from pipeline.config import Settings
-
-    try:
-        return Archive.open(store, fusion=Fusion.from_settings(Settings.from_env()))
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 EXIT_WITHHELD = 3

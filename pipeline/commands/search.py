@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import store_option
+from pipeline.cli import open_archive, store_option
 
 
 @click.command("search")
@@ -25,17 +25,11 @@ from pipeline.cli import store_option
 def command(query: str | None, store: str, mode: str, top_k: int, page: int, as_json: bool,
             queries_file: Path | None) -> None:
     """Search archival memory for QUERY and show the best chunks with their source and page."""
-    from pipeline.archive.search import Fusion
-    from pipeline.archive.store import Archive, StoreError
     from pipeline.terminal import safe
-    from pipeline.config import Settings
 
     if (query is None) == (queries_file is None):
         raise click.UsageError("give either a QUERY or --queries FILE")
-    try:
-        archive = Archive.open(store, fusion=Fusion.from_settings(Settings.from_env()))
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    archive = open_archive(store)
     if queries_file is not None:
         from pipeline.batch import BatchInputError, read_questions
 
