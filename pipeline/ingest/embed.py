@@ -10,16 +10,15 @@ import importlib
 import json
 import multiprocessing
 import os
-import signal
 import threading
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.children import die_with_parent
+from pipeline.children import worker_pool
 
 
 def resolve_model_dir(name: str) -> Path:
@@ -136,11 +135,8 @@ class EmbedPool:
     def __init__(self, embedder: Embedder, workers: int) -> None:
         self.workers = workers
         threads = max(1, available_cores() // workers)
-        context = multiprocessing.get_context("spawn")
-        self._stop = context.Event()
-        self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                             initargs=(embedder.name, embedder.batch_size, threads, os.getpid(),
-                                                       self._stop))
+        self._stop = multiprocessing.get_context("spawn").Event()
+        self._executor = worker_pool(workers, _start_worker, (embedder.name, embedder.batch_size, threads, self._stop))
 
     def submit(self, texts: list[str]) -> "Future[np.ndarray]":
         return self._executor.submit(_encode_in_worker, texts)
@@ -163,10 +159,8 @@ _worker: Embedder | None = None
 _stop: Any = None  # the pool's stop event
 
 
-def _start_worker(name: str, batch_size: int, threads: int, parent: int, stop: Any) -> None:
+def _start_worker(name: str, batch_size: int, threads: int, stop: Any) -> None:
     global _worker, _stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it shuts the pool down
-    die_with_parent(parent)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     _stop = stop
     _worker = Embedder(name, batch_size=batch_size, threads=threads)

@@ -8,9 +8,7 @@ and hands results back in page order through `submit`/`result`, a few pages ahea
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -18,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.children import die_with_parent
+from pipeline.children import worker_pool
 from pipeline.ingest.embed import available_cores
 
 MODES = ("auto", "off", "force")
@@ -230,8 +228,7 @@ class PageReader:
         if self.workers > 1:
             if self._executor is None:
                 threads = max(1, available_cores() // self.workers)
-                self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                     initializer=_start_worker, initargs=(threads, os.getpid()))
+                self._executor = worker_pool(self.workers, _start_worker, (threads,))
             try:
                 return self._executor.submit(_read_in_worker, path, number)
             except BrokenProcessPool as exc:
@@ -283,10 +280,8 @@ def ocr_workers(requested: int) -> int:
 _worker: tuple[Engine, _Renderer] | None = None
 
 
-def _start_worker(threads: int, parent: int) -> None:
+def _start_worker(threads: int) -> None:
     global _worker
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it shuts the pool down
-    die_with_parent(parent)
     os.nice(WORKER_NICE)
     _worker = (Engine(threads=threads), _Renderer())
 
