@@ -107,10 +107,10 @@ class Plan:
 @contextlib.contextmanager
 def writing(settings: Settings, *, wait: float = 0.0) -> Iterator[WriterLock]:
     """Hold the store's writer lock for a whole ingest run (`StoreLocked` if another writer keeps it past `wait`
-    seconds). A store that is not ours is refused (`StoreError`) before the lock file is made in it."""
+    seconds). A store that is not ours is refused (`StoreError`) before the lock file is made in it, and again
+    under the lock by `begin` (`Archive.create` checks), in case it changed while we waited."""
     check_ours(settings.store)
     with writer_lock(settings.store, wait=wait) as lock:
-        check_ours(settings.store)  # again: it may have changed while we waited
         yield lock
 
 
