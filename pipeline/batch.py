@@ -341,7 +341,7 @@ def _plan_kept(existing: list[dict[str, Any]], wanted: set[str], retry_errors: b
 def _run_pool(todo: list[Question], answer_fn: AnswerFn, writer: RecordWriter, concurrency: int,
               meta: dict[str, Any], progress: bool, say: Callable[[str], None]) -> tuple[int, bool]:
     """Daemon worker threads answer; this (main) thread writes. Returns (records written, interrupted)."""
-    from tqdm import tqdm
+    from pipeline.progress import progress_bar
 
     tasks: queue.SimpleQueue[Question] = queue.SimpleQueue()
     for q in todo:
@@ -358,7 +358,7 @@ def _run_pool(todo: list[Question], answer_fn: AnswerFn, writer: RecordWriter, c
             results.put(answer_one(q, answer_fn, meta))
 
     threads = [threading.Thread(target=work, daemon=True, name=f"batch-{i}") for i in range(min(concurrency, len(todo)))]
-    bar = tqdm(total=len(todo), unit="q", desc="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar("batch", len(todo), "q", enabled=progress, dynamic_ncols=True)
     counts = {"ok": 0, "failed": 0}
     interrupts = 0
 

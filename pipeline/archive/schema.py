@@ -29,9 +29,11 @@ class StoreMeta:
     dim: int
     chunk_tokens: int
     chunk_overlap: int
+    embed_backend: str = "torch"  # what computed the vectors (pipeline.ingest.backends); queries use the same
+    quantization: str = "fp32"
     format_version: int = FORMAT_VERSION
 
-    _SETTINGS = ("embedder", "dim", "chunk_tokens", "chunk_overlap")
+    _SETTINGS = ("embedder", "dim", "chunk_tokens", "chunk_overlap", "embed_backend", "quantization")
 
     def mismatch(self, other: "StoreMeta") -> list[str]:
         return [f"{k}: store has {getattr(self, k)!r}, asked for {getattr(other, k)!r}"
@@ -79,7 +81,7 @@ def read_meta(path: Path | str | Location) -> StoreMeta | None:
     if text is None:
         return None
     data = json.loads(text)
-    fields = {key: data[key] for key in StoreMeta._SETTINGS}
+    fields = {key: data[key] for key in StoreMeta._SETTINGS if key in data}  # a version 1 store: torch, fp32
     return StoreMeta(**fields, format_version=int(data.get("format_version", 1)))
 
 

