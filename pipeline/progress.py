@@ -31,6 +31,7 @@ class LogLine:
         self.postfix: dict[str, Any] = {}
         self.started = self.last = clock()
         self.closed = False
+        self.printed = ""
 
     def update(self, n: float = 1) -> None:
         self.n += n
@@ -41,9 +42,11 @@ class LogLine:
         self.postfix = dict(values)
 
     def close(self) -> None:
+        """The last line, unless the one before said the same."""
         if not self.closed:
             self.closed = True
-            self._print()
+            if self.line() != self.printed:
+                self._print()
 
     def line(self) -> str:
         elapsed = max(self.clock() - self.started, 1e-9)
@@ -63,8 +66,8 @@ class LogLine:
         return f"{value:.1f}" if self.scale != 1 else f"{value:.0f}"
 
     def _print(self) -> None:
-        self.last = self.clock()
-        print(self.line(), file=self.file or sys.stderr, flush=True)
+        self.last, self.printed = self.clock(), self.line()
+        print(self.printed, file=self.file or sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -18,6 +18,21 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """The ONNX exports of this test session, away from the user's model cache (children inherit it)."""
+    import os
+
+    path = tmp_path_factory.mktemp("model-cache")
+    before = os.environ.get("ANALYZE_MODEL_CACHE")
+    os.environ["ANALYZE_MODEL_CACHE"] = str(path)
+    yield path
+    if before is None:
+        del os.environ["ANALYZE_MODEL_CACHE"]
+    else:
+        os.environ["ANALYZE_MODEL_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def embedder():
     from pipeline.ingest.embed import Embedder

@@ -32,9 +32,10 @@ if __name__ == "__main__":
 """
 
 
-def ingest_in_child(corpus: Path, store: Path) -> dict:
-    """Run one ingest in a fresh process so that its peak RSS is its own."""
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(corpus), str(store)], capture_output=True, text=True)
+def ingest_in_child(corpus: Path, store: Path, **env: str) -> dict:
+    """Run one ingest in a fresh process (with `env` added to its environment) so that its peak RSS is its own."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(corpus), str(store)], capture_output=True, text=True,
+                          env=os.environ | env)
     if proc.returncode not in (0, 2):
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])

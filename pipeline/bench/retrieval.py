@@ -31,6 +31,42 @@ def documents_in_order(sources: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(Path(source).stem for source in sources))
 
 
+def cranfield_corpus(out_dir: Path) -> Path:
+    """The Cranfield abstracts as one text file each (title, then abstract), written once."""
+    corpus = out_dir / "cranfield-corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    for line in (CRANFIELD / "corpus.jsonl").read_text().splitlines():
+        doc = json.loads(line)
+        path = corpus / f"{doc['_id']}.txt"
+        if not path.exists():
+            path.write_text(f"{doc['title'].strip().upper()}\n\n{doc['text']}\n")
+    return corpus
+
+
+def judged_queries() -> tuple[list[dict], dict[str, dict[str, int]]]:
+    """The Cranfield queries that have relevance judgements, and the judgements (query -> doc -> gain)."""
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    for line in (CRANFIELD / "qrels.tsv").read_text().splitlines()[1:]:
+        qid, did, score = line.split("\t")
+        qrels[qid][did] = int(score)
+    queries = [json.loads(line) for line in (CRANFIELD / "queries.jsonl").read_text().splitlines()]
+    return [q for q in queries if q["_id"] in qrels], qrels
+
+
+def scores_by_mode(archive) -> dict[str, dict[str, float]]:
+    """Mean nDCG@10 and recall@100 over the judged queries, per search mode."""
+    queries, qrels = judged_queries()
+    scores = {}
+    for mode in MODES:
+        ndcg, recall = [], []
+        for q in queries:
+            ranked = documents_in_order(h.source for h in archive.search(q["text"], mode=mode, top_k=150).hits)
+            ndcg.append(ndcg_at(ranked, qrels[q["_id"]], 10))
+            recall.append(recall_at(ranked, qrels[q["_id"]], 100))
+        scores[mode] = {"ndcg@10": round(sum(ndcg) / len(ndcg), 4), "recall@100": round(sum(recall) / len(recall), 4)}
+    return scores
+
+
 def run(out_dir: Path) -> dict:
     from pipeline.config import Settings
     from pipeline.ingest.local import ingest_directory
@@ -40,33 +76,12 @@ def run(out_dir: Path) -> dict:
 
     if not CRANFIELD.exists():
         return {"skipped": f"{CRANFIELD} not available"}
-    corpus = out_dir / "cranfield-corpus"
-    corpus.mkdir(parents=True, exist_ok=True)
-    for line in (CRANFIELD / "corpus.jsonl").read_text().splitlines():
-        doc = json.loads(line)
-        path = corpus / f"{doc['_id']}.txt"
-        if not path.exists():
-            path.write_text(f"{doc['title'].strip().upper()}\n\n{doc['text']}\n")
     store = out_dir / "cranfield-store"
-    report = ingest_directory(corpus, Settings.from_env(store=store), progress=True)
+    report = ingest_directory(cranfield_corpus(out_dir), Settings.from_env(store=store), progress=True)
     archive = Archive.open(store)
-
-    qrels: dict[str, dict[str, int]] = defaultdict(dict)
-    for line in (CRANFIELD / "qrels.tsv").read_text().splitlines()[1:]:
-        qid, did, score = line.split("\t")
-        qrels[qid][did] = int(score)
-    queries = [json.loads(line) for line in (CRANFIELD / "queries.jsonl").read_text().splitlines()]
-    queries = [q for q in queries if q["_id"] in qrels]
-
-    scores = {}
-    for mode in MODES:
-        ndcg, recall = [], []
-        for q in queries:
-            ranked = documents_in_order(h.source for h in archive.search(q["text"], mode=mode, top_k=150).hits)
-            ndcg.append(ndcg_at(ranked, qrels[q["_id"]], 10))
-            recall.append(recall_at(ranked, qrels[q["_id"]], 100))
-        scores[mode] = {"ndcg@10": round(sum(ndcg) / len(ndcg), 4), "recall@100": round(sum(recall) / len(recall), 4)}
+    scores = scores_by_mode(archive)
     best_single = max(scores["vector"]["ndcg@10"], scores["fts"]["ndcg@10"])
+    queries, qrels = judged_queries()
     sources = row_column(archive, "source")
     retrieved = retrieve(archive, [" ".join(q["text"].split()) for q in queries])
     fusions = {name: round(sum(ndcg_at(documents_in_order(sources[int(i)] for i in r.ranking(fusion)),

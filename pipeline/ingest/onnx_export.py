@@ -104,7 +104,9 @@ def _export_fp32(model_dir: Path, out: Path) -> None:
     """The transformer's last hidden state as an ONNX graph with dynamic batch and sequence axes."""
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager").eval()
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if _uses_token_types(model_dir) else [])
 
