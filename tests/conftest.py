@@ -18,9 +18,10 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module")
 def model_cache(tmp_path_factory):
-    """The ONNX exports of this test session, away from the user's model cache (children inherit it)."""
+    """A model cache for one test module's ONNX exports (children inherit it). Not for the whole session: the
+    local-LLM tests find the assembled GGUF model in the user's cache."""
     import os
 
     path = tmp_path_factory.mktemp("model-cache")

