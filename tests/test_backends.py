@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_pdf, write_tiny_corpus
-from pipeline.archive.store import META_FILE, Archive, StoreError
+from pipeline.archive.schema import META_FILE, StoreError
+from pipeline.archive.store import Archive
 from pipeline.config import Settings
 from pipeline.ingest import backends
 from pipeline.ingest.backends import quantization_for
