@@ -112,7 +112,7 @@ def test_store_keeps_its_backend_for_ingest_and_search(tmp_path):
     assert (archive.embedder.backend, archive.embedder.quantization) == ("onnx-int8", meta["quantization"])
     hit = archive.search("maximum pressure of the pump", mode="vector", top_k=1).hits[0]
     assert hit.source == "manual.pdf" and hit.page == 2
-    stored = {r["text"]: r["vector"] for r in archive.chunks.to_arrow().to_pylist()}
+    stored = {r["search_text"]: r["vector"] for r in archive.chunks.to_arrow().to_pylist()}  # what is embedded
     int8 = Embedder(MODEL, backend="onnx-int8").encode(list(stored))
     np.testing.assert_allclose(int8, np.array(list(stored.values())), atol=1e-5)
 
