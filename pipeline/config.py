@@ -25,7 +25,7 @@ class Settings:
     chunk_overlap: int = 32
     embed_batch_size: int = 32
     embed_workers: int = 0  # embedding processes (Ray: actors); 0: one per core (local: up to 4, for 1 MiB or more)
-    embed_backend: str = DEFAULT_EMBED_BACKEND  # torch, onnx (fp32) or onnx-int8; a store keeps the one it was built with
+    embed_backend: str | None = None  # torch, onnx (fp32) or onnx-int8; None: the store's own, for a new one the default
     max_file_mb: int = 256  # larger files are refused, never loaded whole into memory
     # hybrid search (pipeline.archive.search.Fusion; defaults measured by `python -m pipeline.bench retrieval`)
     fusion: str = "rrf"  # "rrf" (reciprocal rank) or "score" (each list's scores over its best, weighted)
@@ -56,7 +56,7 @@ class Settings:
             "store": _env("ANALYZE_STORE", cls.store),
             "embedder": _env("ANALYZE_EMBEDDER", DEFAULT_EMBEDDER),
             "embed_workers": int(_env("ANALYZE_EMBED_WORKERS", "0")),
-            "embed_backend": _env("ANALYZE_EMBED_BACKEND", DEFAULT_EMBED_BACKEND),
+            "embed_backend": _env("ANALYZE_EMBED_BACKEND"),
             "max_file_mb": int(_env("ANALYZE_MAX_FILE_MB", str(cls.max_file_mb))),
             "fusion": _env("ANALYZE_FUSION", cls.fusion),
             "rrf_k": int(_env("ANALYZE_RRF_K", str(cls.rrf_k))),

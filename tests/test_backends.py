@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_pdf, write_tiny_corpus
-from pipeline.archive.schema import META_FILE, StoreError
+from pipeline.archive.schema import META_FILE, StoreError, read_meta
 from pipeline.archive.store import Archive
 from pipeline.config import Settings
 from pipeline.ingest import backends
@@ -120,8 +120,10 @@ def test_store_keeps_its_backend_for_ingest_and_search(tmp_path):
                                       "The maximum pressure of the Hydra-7 pump is 42 bar.",
                                       "Maintenance: replace the seals every 250 hours."],
               outline={1: "Installation", 2: "Specifications", 3: "Maintenance"})
-    again = ingest_directory(corpus, settings, progress=False)  # same backend: unchanged pages reuse vectors
+    # no backend asked for: the store's own; unchanged pages reuse their vectors
+    again = ingest_directory(corpus, settings.with_(embed_backend=None), progress=False)
     assert (again.changed, again.unchanged, again.chunks, again.embedded) == (1, 3, 3, 1)
+    assert read_meta(settings.store) == archive.meta  # still onnx-int8, same quantization
 
     rebuilt = ingest_directory(corpus, settings.with_(embed_backend="torch"), progress=False, rebuild=True)
     assert rebuilt.new == 4 and rebuilt.embedded == rebuilt.chunks  # nothing reused across backends

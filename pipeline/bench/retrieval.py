@@ -31,11 +31,12 @@ def documents_in_order(sources: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(Path(source).stem for source in sources))
 
 
-def cranfield_corpus(out_dir: Path) -> Path:
-    """The Cranfield abstracts as one text file each (title, then abstract), written once."""
-    corpus = out_dir / "cranfield-corpus"
+def cranfield_corpus(out_dir: Path, *, limit: int | None = None) -> Path:
+    """The Cranfield abstracts (the first `limit` of them) as one text file each (title, then abstract), written
+    once."""
+    corpus = out_dir / ("cranfield-corpus" if limit is None else f"cranfield-corpus-{limit}")
     corpus.mkdir(parents=True, exist_ok=True)
-    for line in (CRANFIELD / "corpus.jsonl").read_text().splitlines():
+    for line in (CRANFIELD / "corpus.jsonl").read_text().splitlines()[:limit]:
         doc = json.loads(line)
         path = corpus / f"{doc['_id']}.txt"
         if not path.exists():
@@ -53,13 +54,14 @@ def judged_queries() -> tuple[list[dict], dict[str, dict[str, int]]]:
     return [q for q in queries if q["_id"] in qrels], qrels
 
 
-def scores_by_mode(archive) -> dict[str, dict[str, float]]:
-    """Mean nDCG@10 and recall@100 over the judged queries, per search mode."""
-    queries, qrels = judged_queries()
+def scores_by_mode(archive, *, queries: int | None = None) -> dict[str, dict[str, float]]:
+    """Mean nDCG@10 and recall@100 over the judged queries (the first `queries` of them), per search mode."""
+    judged, qrels = judged_queries()
+    judged = judged[:queries]
     scores = {}
     for mode in MODES:
         ndcg, recall = [], []
-        for q in queries:
+        for q in judged:
             ranked = documents_in_order(h.source for h in archive.search(q["text"], mode=mode, top_k=150).hits)
             ndcg.append(ndcg_at(ranked, qrels[q["_id"]], 10))
             recall.append(recall_at(ranked, qrels[q["_id"]], 100))

