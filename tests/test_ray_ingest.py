@@ -136,6 +136,15 @@ def test_driver_killed_after_the_chunk_commit_then_rerun_equals_a_clean_run(tmp_
     assert_same_store(crashed, clean.store)
 
 
+def test_ray_actors_embed_with_the_stores_backend(tmp_path, local_ray, model_cache):
+    corpus = write_tiny_corpus(tmp_path / "corpus")
+    local = Settings.from_env(store=tmp_path / "local", embed_backend="onnx-int8", embed_workers=1)
+    ingest_directory(corpus, local, progress=False)
+    report = ingest_directory_ray(corpus, local.with_(store=tmp_path / "ray", embed_workers=0), progress=False)
+    assert report.failed == 0 and Archive.open(tmp_path / "ray").meta.embed_backend == "onnx-int8"
+    assert_same_store(tmp_path / "ray", tmp_path / "local")  # torch's vectors would differ by far more than 1e-5
+
+
 def test_an_unreachable_cluster_is_one_line_and_exit_1(tmp_path):
     corpus = write_tiny_corpus(tmp_path / "corpus")
     with socket.socket() as sock:

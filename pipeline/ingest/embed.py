@@ -83,6 +83,13 @@ class Embedder:
                     self._model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
         return self._model
 
+    def load(self) -> None:
+        """Load the model of this backend now rather than at the first `encode`."""
+        if self.backend == "torch":
+            self.model
+        else:
+            self.onnx
+
     @cached_property
     def onnx_file(self) -> Path:
         """The verified ONNX copy this backend runs, exported into the model cache on first use."""
@@ -216,10 +223,7 @@ def _start_worker(name: str, backend: str, quantization: str, batch_size: int, t
     os.environ["OMP_NUM_THREADS"] = str(threads)
     _stop = stop
     _worker = Embedder(name, backend=backend, quantization=quantization, batch_size=batch_size, threads=threads)
-    if backend == "torch":  # load now, while the parent parses the first files
-        _worker.model
-    else:
-        _worker.onnx
+    _worker.load()  # now, while the parent parses the first files
 
 
 def _encode_in_worker(texts: list[str]) -> np.ndarray:

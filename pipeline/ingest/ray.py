@@ -24,6 +24,7 @@ from pipeline.archive.schema import SEARCH_COLUMN, chunk_schema
 from pipeline.archive.store import Archive
 from pipeline.cluster import ray_session
 from pipeline.config import Settings
+from pipeline.gguf import model_cache_dir
 from pipeline.ingest.chunk import chunk_sections
 from pipeline.ingest.embed import Embedder
 from pipeline.ingest.ocr import PageReader
@@ -50,9 +51,11 @@ def ingest_directory_ray(root: Path, settings: Settings, *, progress: bool = Tru
     started = time.perf_counter()
     report = IngestReport()
     with writing(settings, wait=wait) as lock:
-        embedder = embedder or embedder_for(settings)
+        embedder = embedder or embedder_for(settings, rebuild=rebuild)
         archive, plan = begin(root, settings, embedder, report, rebuild=rebuild, repair=repair)
         if plan.todo:
+            if archive.meta.embed_backend != "torch":
+                embedder.onnx_file  # exported here, once, before the actors on this machine start
             with ray_session(settings.ray_address, progress=progress):
                 account = _process(plan.todo, archive, settings)
             lock.check()  # still ours: nothing is committed by a writer that lost the store
@@ -88,7 +91,9 @@ def _process(todo: list[Todo], archive: Archive, settings: Settings) -> "_Accoun
                                 "overlap": settings.chunk_overlap, "ocr": settings.ocr})
         .map_batches(_EmbedActor, batch_size=EMBED_ROWS, batch_format="pyarrow", num_cpus=1,
                      compute=ActorPoolStrategy(size=actors),
-                     fn_constructor_kwargs={"embedder": settings.embedder,
+                     fn_constructor_kwargs={"embedder": settings.embedder, "backend": archive.meta.embed_backend,
+                                            "quantization": archive.meta.quantization,
+                                            "model_cache": str(model_cache_dir()),
                                             "batch_size": settings.embed_batch_size})
         .map_batches(_write_fragments, batch_size=WRITE_ROWS, batch_format="pyarrow", **light,
                      fn_kwargs={"uri": dataset.uri, "schema": schema,
@@ -202,11 +207,13 @@ def _unembedded_schema() -> pa.Schema:
 
 
 class _EmbedActor:
-    """One model copy, one torch thread: the local engine's embedder, on a Ray actor."""
+    """One model copy, one thread: the local engine's embedder (the store's backend), on a Ray actor."""
 
-    def __init__(self, embedder: str, batch_size: int) -> None:
-        self.embedder = Embedder(embedder, batch_size=batch_size, threads=1)
-        self.embedder.model  # load now, before the first batch arrives
+    def __init__(self, embedder: str, backend: str, quantization: str, model_cache: str, batch_size: int) -> None:
+        os.environ["ANALYZE_MODEL_CACHE"] = model_cache  # the driver's, like the corpus paths the same on every node
+        self.embedder = Embedder(embedder, backend=backend, quantization=quantization, batch_size=batch_size,
+                                 threads=1)
+        self.embedder.load()  # now, before the first batch arrives
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok = np.asarray(batch["error"].is_null())
