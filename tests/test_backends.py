@@ -102,7 +102,7 @@ def test_store_keeps_its_backend_for_ingest_and_search(tmp_path):
     settings = Settings.from_env(store=tmp_path / "store", embed_backend="onnx-int8")
     report = ingest_directory(corpus, settings, progress=False)
     assert report.failed == 0
-    meta = json.loads((settings.store / META_FILE).read_text())
+    meta = json.loads((Path(settings.store) / META_FILE).read_text())
     assert meta["embed_backend"] == "onnx-int8" and meta["quantization"] == quantization_for("onnx-int8")
 
     with pytest.raises(StoreError, match="embed_backend: store has 'onnx-int8', asked for 'torch'.*--rebuild"):
