@@ -100,7 +100,9 @@ class Answer:
     """The outcome of one question. `status` is "ok" or "error" (then `error` says why).
 
     `grounded`: every checkable claim of the answer was found in the chunks retrieved (None: no answer);
-    `unsupported`: the claims that were not; `withheld`: the ungrounded answer that --strict replaced.
+    `unsupported`: the claims that were not verified; `mismatched`: those of them found in the retrieved text but
+    not answering the question, each with why (a weight asked, a pressure given); `withheld`: the ungrounded
+    answer that --strict replaced.
     """
 
     question: str
@@ -112,6 +114,7 @@ class Answer:
     error: str | None = None
     grounded: bool | None = None
     unsupported: list[str] = field(default_factory=list)
+    mismatched: dict[str, str] = field(default_factory=dict)
     withheld: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,4 +122,4 @@ class Answer:
                 "citations": [c.to_dict() for c in self.citations],
                 "steps": [s.to_dict() for s in self.steps], "usage": dict(self.usage),
                 "status": self.status, "error": self.error, "grounded": self.grounded,
-                "unsupported": list(self.unsupported), "withheld": self.withheld}
+                "unsupported": list(self.unsupported), "mismatched": dict(self.mismatched), "withheld": self.withheld}

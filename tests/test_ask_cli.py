@@ -75,7 +75,7 @@ def test_json_output_and_trace_on_stderr(clean_env, retriever):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) == {"question", "answer", "citations", "steps", "usage", "status", "error", "grounded",
-                         "unsupported", "withheld"}
+                         "unsupported", "mismatched", "withheld"}
     assert data["status"] == "ok" and data["citations"][0] == {"source": "manual.pdf", "page": 2, "chunk_id": "m1",
                                                            "ocr": False, "ocr_confidence": None, "low_confidence": False}
     assert [s["function"] for s in data["steps"]] == ["archival_memory_search", "send_message"]

@@ -374,4 +374,4 @@ def test_every_gold_answer_of_the_demo_is_grounded_by_its_sentence_and_invented_
     hits = [make_hit(f.id, f.sentence, source=f.source or "", page=f.page) for f in FACTS if f.sentence]
     result = mechanical(FakeRetriever(hits))
     assert result["true_answers"] == sum(len(f.answers) for f in FACTS) and result["false_alarms"] == []
-    assert [i["id"] for i in result["invented_detail"] if not i["caught"]] == ["q20"]  # the near miss
+    assert [i["id"] for i in result["invented_detail"] if not i["caught"]] == []  # the near miss q20 too

@@ -27,11 +27,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from pipeline.types import Hit
 
-__all__ = ["Claim", "Grounding", "check", "extract_claims", "is_abstention", "look_again_note", "normalize",
+__all__ = ["Claim", "Grounding", "asked_dimensions", "check", "explain", "extract_claims", "is_abstention", "look_again_note", "normalize",
            "strict_abstention"]
 
 SHOWN_CLAIMS = 8  # at most this many unsupported claims are named to the model and in an abstention
@@ -495,7 +495,7 @@ class _Chunk:
     @classmethod
     def of(cls, hit: Hit) -> "_Chunk":
         pages = set(range(hit.page, (hit.page_end or hit.page) + 1)) if hit.page is not None else set()
-        return cls(hit.chunk_id, f"{hit.text}\n{hit.heading}\n{hit.source}\n{hit.chunk_id}", pages)
+        return cls(hit.chunk_id, f"{hit.text}\n{hit.heading}\n{hit.source}", pages)  # ids are ours, not text
 
     def supports(self, claim: Claim, data: object) -> bool:
         if claim.kind in ("quote", "name"):
@@ -541,23 +541,165 @@ class _Chunk:
         return False
 
 
+# ------------------------------------------------------------------------------------ does it answer the question?
+# A claim can be in the retrieved text and still not answer the question. Three rules, each one line to the user:
+# the quantity asked against the quantities given, the question's codes in the passage that holds the value, and
+# our own chunk ids given as a value.
+
+_DIMENSION_OF = {canon: dimension for dimension, canons in {
+    "pressure": "bar psi pa kpa mpa", "duration": "hour minute second ms day week month year",
+    "temperature": "celsius fahrenheit kelvin degree", "share": "percent",
+    "amount of money": "usd eur gbp nok sek dkk chf jpy", "length": "mm cm m km in ft", "mass": "kg g mg t lb",
+    "volume": "l ml m3 gal", "power": "w kw mw", "voltage": "v", "current": "a", "frequency": "hz khz rpm",
+    "data size": "b kb mb gb tb kib mib gib tib", "flow rate": "m3/h l/min",
+}.items() for canon in canons.split()}
+_ASKED_BY_WORD = {word: dimension for dimension, words in {
+    "mass": "weigh weighs weight weights mass", "pressure": "pressure pressures",
+    "amount of money": "price prices priced cost costs revenue revenues budget turnover profit fee fees salary",
+    "power": "power wattage", "temperature": "temperature temperatures", "voltage": "voltage",
+    "frequency": "frequency", "length": "length width height diameter depth distance",
+    "duration": "duration interval intervals lifetime life period often",
+}.items() for word in words.split()}
+_ASKED_PHRASES = {"how long": {"duration", "length"}, "flow rate": {"flow rate"}, "cubic": {"volume"}}
+# unit words that are also ordinary words or letters in a question ("the second pump", "foot valve", "a")
+_NOT_ASKED_UNITS = {"second", "foot", "in", "min", "ms"}
+_ANY_QUANTITY = {"share"}  # a percentage can answer any quantity question ("up 7.2 percent")
+_ID_WORDS = {"chunk_id", "chunk_ids", "chunk-id", "chunk-ids", "chunkid"}  # our vocabulary, never a claim
+_ID_LABEL = re.compile(r"(?:\bchunks?(?:[\s_-]*ids?)?|\bids?|\bsources?|\bcitations?|\bcited|\bcites?|\bsee|"
+                       r"\brefs?)\s*[:=#]?\s*$|[(\[]\s*$", re.IGNORECASE)
+_ID_LISTED = re.compile(r"([\w-]+)\s*(?:,|;|/|&|\band|\bor)\s*$", re.IGNORECASE)  # an earlier id of a list
+_CHUNK_ID_SHAPE = re.compile(r"^(?:[0-9a-f]{12,}|chunk[\w-]*)$")
+
+
+def asked_dimensions(question: str) -> set[str]:
+    """The kinds of quantity the question asks for (`mass` for "how much does it weigh in kilograms"), if any.
+
+    A unit the question gives with a number ("at 80 °C") is a condition, not what is asked. A question that asks
+    for more than one thing ("the pressure and the seal interval") may ask for kinds not told apart here: none.
+    """
+    folded = _fold(question)
+    if re.search(r"\b(?:and|or|as well as)\b|[,;&]", folded):
+        return set()
+    asked = {dim for phrase, dims in _ASKED_PHRASES.items() if re.search(rf"\b{phrase}\b", folded) for dim in dims}
+    words = re.findall(r"[$€£¥%]|[^\W_]+", folded)
+    for index, word in enumerate(words):
+        if word in _ASKED_BY_WORD:
+            asked.add(_ASKED_BY_WORD[word])
+        canon = _UNITS.get(word)
+        after_number = index > 0 and words[index - 1][0].isdigit()
+        if canon and not after_number and word not in _NOT_ASKED_UNITS and (len(word) > 2 or word in _CURRENCY_SYMBOLS
+                                                                            or word in ("kg", "km", "mm", "cm", "kw")):
+            dimension = _DIMENSION_OF.get(canon)
+            per = words[index + 1:index + 3]
+            if per[:1] == ["per"] and dimension:
+                dimension = "flow rate" if dimension == "volume" else None  # "cubic metres per hour"
+            if dimension:
+                asked.add(dimension)
+    return asked
+
+
+def _quantity_mismatches(found: Sequence[tuple[Claim, object]], asked: set[str]) -> list[tuple[Claim, str]]:
+    """Rule 1: when the question asks for a kind of quantity and every number of the answer is of another kind."""
+    numbers = [(claim, data) for claim, data in found if claim.kind == "number"]
+    if not asked or not numbers:
+        return []
+    given = []
+    for claim, number in numbers:
+        dimension = _DIMENSION_OF.get(number.unit or "")  # type: ignore[attr-defined]
+        if dimension is None:
+            value = number.value  # type: ignore[attr-defined]
+            if value == value.to_integral_value() and 1900 <= value <= 2100:
+                continue  # a year beside the quantity ("in 2029") is no candidate
+            return []  # a bare number may be the quantity asked: nothing to tell
+        if dimension in asked or dimension in _ANY_QUANTITY:
+            return []
+        given.append((claim, dimension))
+    wanted = " or ".join(_a(d) for d in sorted(asked))
+    return [(claim, f'"{claim.text}" is {_a(dimension)}, but the question asks for {wanted}')
+            for claim, dimension in given]
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
+_FAMILY = re.compile(r"^([a-z]+)([-_ ]?)([0-9a-z]*\d[0-9a-z]*)$")  # Hydra-5: family "hydra", member "5"
+
+
+def _members(chunk: "_Chunk", family: str) -> set[str]:
+    """The members of a code family a chunk names (`{"7"}` for a passage about the Hydra-7)."""
+    return set(re.findall(rf"(?<![0-9a-z]){re.escape(family)}[-_ ]?([0-9a-z]*\d[0-9a-z]*)(?![0-9a-z])", chunk.folded))
+
+
+def _subject_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], question: str,
+                        asked: "_Chunk") -> list[tuple[Claim, str]]:
+    """Rule 2: the question names a code of a family (`Hydra-5`), and every passage holding the answer's values
+    names another member (`Hydra-7`) and not it. The answer's values are its claims the question does not hold;
+    a passage naming no member of the family (a manual page that never repeats the model) is no evidence either way.
+    """
+    values = [(claim, data) for claim, data in found if not asked.supports(claim, data)]
+    for subject in (c.text for c in extract_claims(question) if c.kind == "identifier"):
+        code = _FAMILY.match(_fold(subject))
+        others = _other_members(values, chunks, code.group(1), code.group(3)) if code and values else set()
+        if code and others:
+            about = " or ".join(f"{subject[:len(code.group(1))]}{code.group(2) or '-'}{m.upper()}" for m in sorted(others))
+            return [(claim, f'"{claim.text}" is only in passages about {about}, not {subject}') for claim, _ in values]
+    return []
+
+
+def _other_members(values: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], family: str,
+                   member: str) -> set[str]:
+    """The other members of `family` named by every passage holding one of the values; empty when one of those
+    passages names `member` or no member at all."""
+    others: set[str] = set()
+    for claim, data in values:
+        for chunk in (c for c in chunks if c.supports(claim, data)):
+            members = _members(chunk, family)
+            if member in members or not members:
+                return set()
+            others |= members
+    return others
+
+
+def _cites(text: str, start: int) -> bool:
+    """The token at `start` stands where a citation does: after a label (`chunk ids`, `source:`) or a bracket,
+    possibly after other ids of the same list."""
+    before = text[max(0, start - 200):start]
+    while (listed := _ID_LISTED.search(before)) and any(ch.isdigit() for ch in listed.group(1)):
+        before = before[:listed.start()]
+    return bool(_ID_LABEL.search(before))
+
+
 # ------------------------------------------------------------------------------------ the check
 
 
 @dataclass(frozen=True)
 class Grounding:
-    """The verdict on one answer: each checked claim with the chunk that supports it (None: unsupported)."""
+    """The verdict on one answer: each checked claim with the chunk that supports it (None: unsupported), and
+    the claims found but not answering the question, each with why (`mismatched`)."""
 
     checked: tuple[tuple[Claim, str | None], ...]
     exempt: tuple[Claim, ...] = ()  # claims an abstention only repeats from the question
+    mismatched: tuple[tuple[Claim, str], ...] = ()
 
     @property
     def grounded(self) -> bool:
-        return all(chunk is not None for _, chunk in self.checked)
+        return all(chunk is not None for _, chunk in self.checked) and not self.mismatched
+
+    @property
+    def missing(self) -> list[str]:
+        """The claims found in no retrieved chunk."""
+        return [claim.text for claim, chunk in self.checked if chunk is None]
 
     @property
     def unsupported(self) -> list[str]:
-        return [claim.text for claim, chunk in self.checked if chunk is None]
+        """Every claim not verified: found nowhere, or found but not answering the question."""
+        return list(dict.fromkeys([*self.missing, *(claim.text for claim, _ in self.mismatched)]))
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        """Why each found claim does not answer the question, one line each."""
+        return {claim.text: reason for claim, reason in self.mismatched}
 
     @property
     def supporting(self) -> list[str]:
@@ -566,23 +708,42 @@ class Grounding:
 
 
 def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Sequence[str] = ()) -> Grounding:
-    """Check every claim of `answer` against the `evidence` chunks, those whose ids are `cited` first.
+    """Check every claim of `answer` against the `evidence` chunks, those whose ids are `cited` first, then that
+    an answer (not a decline) answers the question: the quantity asked, the question's codes, no chunk id as a value.
 
     The question's text never supports a claim; when the answer declines, claims that only repeat the
-    question are exempt from the check (they are not asserted).
+    question are exempt from the check (they are not asserted). Chunk ids are not text of the documents: one given
+    as a citation is no claim, one given as a value is mismatched.
     """
     order = {cid: i for i, cid in enumerate(cited)}
     chunks = [_Chunk.of(hit) for hit in sorted(evidence, key=lambda h: order.get(h.chunk_id, len(order)))]
-    asked = _Chunk("(question)", question, set()) if question and is_abstention(answer) else None
+    ids = {hit.chunk_id.casefold() for hit in evidence}
+    declines = is_abstention(answer)
+    asked = _Chunk("(question)", question, set())
+    text = normalize(answer)
     checked: list[tuple[Claim, str | None]] = []
     exempt: list[Claim] = []
-    for _, claim, data in _extract(normalize(answer)):
+    mismatched: list[tuple[Claim, str]] = []
+    found: list[tuple[Claim, object]] = []
+    for start, claim, data in _extract(text):
+        if claim.kind == "identifier" and (data in _ID_WORDS or (
+                (data in ids or _CHUNK_ID_SHAPE.match(str(data))) and _cites(text, start))):
+            continue  # a citation (the citation check judges it), not a claim
+        if claim.kind == "identifier" and data in ids:
+            if not declines:
+                mismatched.append((claim, f'"{claim.text}" is one of our chunk ids, not a value from the documents'))
+            continue
         chunk = next((c.chunk_id for c in chunks if c.supports(claim, data)), None)
-        if chunk is None and asked is not None and asked.supports(claim, data):
+        if chunk is None and question and declines and asked.supports(claim, data):
             exempt.append(claim)
             continue
         checked.append((claim, chunk))
-    return Grounding(tuple(checked), tuple(exempt))
+        if chunk is not None:
+            found.append((claim, data))
+    if question and not declines:
+        mismatched += _quantity_mismatches(found, asked_dimensions(question)) or \
+            _subject_mismatches(found, chunks, question, asked)
+    return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))
 
 
 def _listing(claims: Sequence[str]) -> str:
@@ -593,15 +754,38 @@ def _listing(claims: Sequence[str]) -> str:
     return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
 
 
-def look_again_note(unsupported: Sequence[str]) -> str:
-    """The system note for one more look: it names the claims found in no retrieved chunk."""
-    verb = "appears" if len(unsupported) == 1 else "appear"
-    return (f"[system] Your answer was not delivered. {_listing(unsupported)} {verb} in none of the chunks you "
-            "retrieved: search for it, correct the answer, or say that the documents do not answer the question. "
+def _why(unsupported: Sequence[str], reasons: Mapping[str, str]) -> tuple[list[str], str]:
+    """(claims found nowhere, the reasons of the others joined in one clause)."""
+    missing = [claim for claim in unsupported if claim not in reasons]
+    return missing, "; ".join(list(reasons.values())[:SHOWN_CLAIMS])
+
+
+def explain(unsupported: Sequence[str], reasons: Mapping[str, str] | None = None) -> str:
+    """One line for a warning or a log: the claims found nowhere, then why each found one does not answer."""
+    missing, why = _why(unsupported, reasons or {})
+    found_nowhere = f"not found in any retrieved chunk: {'; '.join(missing)}" if missing else ""
+    return "; ".join(part for part in (found_nowhere, why) if part)
+
+
+def look_again_note(unsupported: Sequence[str], reasons: Mapping[str, str] | None = None) -> str:
+    """The system note for one more look: it names the claims found in no retrieved chunk, and says why each
+    found claim does not answer the question."""
+    missing, why = _why(unsupported, reasons or {})
+    parts = []
+    if missing:
+        verb = "appears" if len(missing) == 1 else "appear"
+        parts.append(f"{_listing(missing)} {verb} in none of the chunks you retrieved")
+    if why:
+        parts.append(why)
+    return (f"[system] Your answer was not delivered. {'; '.join(parts) or _listing([])}: search for what the "
+            "question asks, correct the answer, or say that the documents do not answer the question. "
             "Cite the chunk ids that hold each value.")
 
 
-def strict_abstention(unsupported: Sequence[str]) -> str:
-    """The answer given instead of an ungrounded one under --strict: it says what could not be verified."""
-    return (f"The documents I retrieved do not answer this reliably: I could not find {_listing(unsupported)} "
-            "in any of them, so I give no answer.")
+def strict_abstention(unsupported: Sequence[str], reasons: Mapping[str, str] | None = None) -> str:
+    """The answer given instead of an ungrounded one under --strict: it says what could not be verified, and why."""
+    missing, why = _why(unsupported, reasons or {})
+    parts = [f"I could not find {_listing(missing)} in any of them"] if missing or not why else []
+    if why:
+        parts.append(why)
+    return f"The documents I retrieved do not answer this reliably: {'; '.join(parts)}, so I give no answer."

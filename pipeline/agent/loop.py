@@ -16,7 +16,7 @@ from pipeline.agent import citations
 from pipeline.agent.context import Budget, Context, ContextTooSmall, cut_to_tokens
 from pipeline.agent.core_memory import CoreMemory
 from pipeline.agent.functions import FINAL, Outcome, Retriever, Toolbox, describe_functions, step_format, tool_schemas
-from pipeline.agent.grounding import Grounding, check, look_again_note, strict_abstention
+from pipeline.agent.grounding import Grounding, check, explain, look_again_note, strict_abstention
 from pipeline.agent.recall import Recall
 from pipeline.agent.replies import Calls, Empty, Malformed, PlainText, kept_arguments, parse_reply
 from pipeline.agent.session import Session
@@ -248,10 +248,12 @@ class _Run:
         if verdict.grounded:
             return None
         self.looked_again = True
-        summary = f"held back: {len(verdict.unsupported)} claim(s) in no retrieved chunk; one more look"
-        self._record(Step("(grounding check)", {"answer": message, "unsupported": verdict.unsupported}, summary))
-        self.log(f"  grounding: {', '.join(verdict.unsupported)} in no retrieved chunk: one more look")
-        return look_again_note(verdict.unsupported)
+        summary = f"held back: {len(verdict.unsupported)} claim(s) not verified; one more look"
+        held = {"answer": message, "unsupported": verdict.unsupported}
+        self._record(Step("(grounding check)", {**held, "mismatched": verdict.reasons} if verdict.reasons else held,
+                          summary))
+        self.log(f"  grounding: {explain(verdict.unsupported, verdict.reasons)}: one more look")
+        return look_again_note(verdict.unsupported, verdict.reasons)
 
     def _finish(self, message: str, cited: list[str]) -> None:
         """Record the answer with its grounding; citations inferred when none; --strict declines if ungrounded."""
@@ -260,10 +262,12 @@ class _Run:
         if not kept:
             kept = [Citation.of(self.toolbox.retrieved[cid], inferred=True) for cid in verdict.supporting]
         self.result.grounded, self.result.unsupported = verdict.grounded, verdict.unsupported
+        self.result.mismatched = verdict.reasons
         if not verdict.grounded:
-            self.log(f"  grounding: still unsupported: {', '.join(verdict.unsupported)}")
+            self.log(f"  grounding: still unsupported: {explain(verdict.unsupported, verdict.reasons)}")
             if self.settings.strict:
-                self.result.withheld, message, kept = message, strict_abstention(verdict.unsupported), []
+                self.result.withheld, message, kept = message, strict_abstention(verdict.unsupported,
+                                                                                 verdict.reasons), []
         self.result.answer, self.result.citations = message, kept
 
     def _citations(self, message: str, cited: list[str]) -> list[Citation]:

@@ -19,11 +19,14 @@ no document holds), run with or without --strict: the check and its one more loo
 For each: answerable accuracy (best_subspan_em), abstention on the unanswerable questions, and the grounded
 share of correct answers; plus how many true first answers were held back (false alarms). The local-model run
 is `pipeline.bench.demo_windows` (its records per window are summarized here);
-`python -m pipeline.bench.grounding OUT.jsonl ...` summarizes existing batch outputs.
+`python -m pipeline.bench.grounding OUT.jsonl ...` summarizes existing batch outputs, and with `--store DIR` (the
+store the run used) first judges their final answers again with the current check (`recheck`): the chunks each
+run showed the model are found again from its recorded searches, so a better check is measured without a new run.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +37,12 @@ INVENTED = {
     "q14": "Its maximum flow rate is 120 cubic metres per hour.", "q15": "Revenue in 2026 was 151.3 million euros.",
     "q16": "Error code E-204 means that the motor is overheating.", "q17": "The motor is rated at 7.5 kW.",
     "q18": "The warranty lasts 24 months.", "q19": "Call the Stavanger service centre on +47 51 84 22 00.",
-    "q20": "The Hydra-5 bearings use Norrlube HT-220.",  # a near miss: every claim is in the manual
+    "q20": "The Hydra-5 bearings use Norrlube HT-220.",  # a near miss: every claim is in the manual, about the Hydra-7
 }
+# Answers whose every claim is in the retrieved text but that answer another question (what the local model said)
+OFF_QUESTION = {"q13": "The Hydra-7 pump weighs 42 bar.", "q17": "The rated motor power is 42 bar at up to 80 degrees.",
+                "q20": INVENTED["q20"]}
+PAGE_SHOWN = re.compile(r"Results (\d+)-(\d+) of")
 
 
 def mechanical(archive: Any) -> dict[str, Any]:
@@ -47,9 +54,10 @@ def mechanical(archive: Any) -> dict[str, Any]:
     for fact in FACTS:
         hits = archive.search(fact.question, mode="hybrid", top_k=10).hits
         if fact.unanswerable:
-            verdict = check(INVENTED[fact.id], hits, question=fact.question)
-            invented.append({"id": fact.id, "answer": INVENTED[fact.id], "caught": not verdict.grounded,
-                             "unsupported": verdict.unsupported})
+            for text in dict.fromkeys([INVENTED[fact.id], OFF_QUESTION.get(fact.id, INVENTED[fact.id])]):
+                verdict = check(text, hits, question=fact.question)
+                invented.append({"id": fact.id, "answer": text, "caught": not verdict.grounded,
+                                 "unsupported": verdict.unsupported, "mismatched": verdict.reasons})
             continue
         retrieved = any(" ".join(fact.sentence.split()[:6]) in " ".join(h.text.split()) for h in hits)
         for variant in fact.answers:
@@ -92,7 +100,41 @@ def _strict_answer(record: dict[str, Any]) -> str:
 
     if record.get("withheld") or record.get("grounded") is not False:
         return str(record.get("answer") or "")
-    return strict_abstention(record.get("unsupported") or [])
+    return strict_abstention(record.get("unsupported") or [], record.get("mismatched") or {})
+
+
+def shown_chunks(record: dict[str, Any], archive: Any) -> list[Any]:
+    """The chunks a recorded run showed the model, found again in `archive` (the store the run used): the page of
+    each search that succeeded, by its query and the `Results A-B` its result names, as the agent ranks them."""
+    from pipeline.agent.functions import RANKED
+
+    shown: dict[str, Any] = {}
+    for step in record.get("steps") or []:
+        page = PAGE_SHOWN.search(str(step.get("result") or "")) if step.get("function") == "archival_memory_search" \
+            else None
+        if page:
+            first, last = int(page.group(1)), int(page.group(2))
+            hits = archive.search(step["arguments"]["query"], mode="hybrid", top_k=max(RANKED, last), page=0).hits
+            shown.update((hit.chunk_id, hit) for hit in hits[first - 1:last])
+    return list(shown.values())
+
+
+def recheck(records: list[dict[str, Any]], archive: Any) -> list[dict[str, Any]]:
+    """The records with the final answers judged again by the current check against the chunks each run showed
+    (`shown_chunks`); an answer --strict replaced is put back, so `summarize` derives the --strict view again."""
+    from pipeline.agent.grounding import check
+
+    judged = []
+    for record in records:
+        if record.get("status") != "ok":
+            judged.append(record)
+            continue
+        text = str(record.get("withheld") or record.get("answer") or "")
+        cited = [c["chunk_id"] for c in record.get("citations") or [] if not c.get("inferred")]
+        verdict = check(text, shown_chunks(record, archive), question=record.get("question", ""), cited=cited)
+        judged.append({**record, "answer": text, "withheld": None, "grounded": verdict.grounded,
+                       "unsupported": verdict.unsupported, "mismatched": verdict.reasons})
+    return judged
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -107,10 +149,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "checked": _score(records, lambda r: r.get("withheld") or r.get("answer") or "", lambda r: r.get("grounded")),
         "strict": _score(records, _strict_answer, lambda r: r.get("grounded")),
         "held_back": [r["id"] for r in held], "false_alarms": false_alarms,
+        "correct_but_ungrounded": [r["id"] for r in records if r["status"] == "ok" and r.get("grounded") is False
+                                   and not r["gold"].get("unanswerable")
+                                   and best_subspan_em(r.get("withheld") or r.get("answer") or "", r["gold"]["answers"])],
         "errors": [r["id"] for r in records if r["status"] != "ok"],
         "steps_mean": round(sum(len(r.get("steps") or []) for r in records) / max(1, len(records)), 2),
         "answers": {r["id"]: {"first": _first_answer(r)[:200], "final": (r.get("withheld") or r.get("answer") or "")[:200],
-                              "grounded": r.get("grounded"), "unsupported": r.get("unsupported")} for r in records},
+                              "grounded": r.get("grounded"), "unsupported": r.get("unsupported"),
+                              "mismatched": r.get("mismatched") or {}} for r in records},
     }
 
 
@@ -129,12 +175,26 @@ def run(out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    import argparse
     import json
 
     from pipeline.batch import load_output
 
-    for path in argv:
-        print(json.dumps({"file": path, **summarize(load_output(Path(path), repair=False))}, indent=2))
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench.grounding", description=__doc__.split("\n")[0])
+    parser.add_argument("outputs", nargs="+", type=Path, help="batch OUT.jsonl files")
+    parser.add_argument("--store", type=Path, help="the store the runs used: judge their answers again (recheck)")
+    args = parser.parse_args(argv)
+    archive = None
+    if args.store:
+        from pipeline.archive.store import Archive
+
+        archive = Archive.open(args.store)
+    for path in args.outputs:
+        records = load_output(path, repair=False)
+        report = {"file": str(path), **summarize(records)}
+        if archive is not None:
+            report = {"file": str(path), "recorded": summarize(records), "rechecked": summarize(recheck(records, archive))}
+        print(json.dumps(report, indent=2))
     return 0
 
 

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from pipeline.agent.grounding import explain
 from pipeline.cli import context_window_option, open_archive, store_option
 from pipeline.local_llm import llm_endpoint, llm_options
 from pipeline.terminal import safe
@@ -20,7 +21,7 @@ def format_answer(result: Answer) -> str:
     characters escaped (`safe`)."""
     lines = [result.answer.strip() or "(no answer)"]
     if result.grounded is False and result.withheld is None:
-        lines.append(f"Warning: not found in any retrieved chunk: {'; '.join(result.unsupported)}")
+        lines.append(f"Warning: {explain(result.unsupported, result.mismatched)}")
     if result.citations:
         lines += ["", "Sources:"]
         for number, citation in enumerate(result.citations, start=1):
