@@ -201,7 +201,8 @@ def make_record(question: Question, answer: Answer, latency_s: float, meta: dict
     d = answer.to_dict()
     record = {"id": question.id, "question": question.question, "answer": d["answer"],
               "citations": d["citations"], "status": d["status"], "error": d["error"], "grounded": d["grounded"],
-              "unsupported": d["unsupported"], "mismatched": d["mismatched"], "withheld": d["withheld"], "steps": d["steps"],
+              "unsupported": d["unsupported"], "mismatched": d["mismatched"], "withheld": d["withheld"],
+              "steps": d["steps"],
               "usage": d["usage"], "latency_s": round(latency_s, 3), **meta}
     if question.gold:
         record["gold"] = question.gold

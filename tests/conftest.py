@@ -94,6 +94,16 @@ def write_tiny_corpus(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> tuple[Path, Path]:
+    """(documents, questions) of the demo corpus (`make demo`'s), written once for the session; read-only."""
+    from pipeline.democorpus import write_corpus
+
+    root = tmp_path_factory.mktemp("demo")
+    write_corpus(root / "corpus", root / "queries" / "demo.jsonl")
+    return root / "corpus", root / "queries" / "demo.jsonl"
+
+
+@pytest.fixture(scope="session")
 def tiny_archive(tmp_path_factory, embedder):
     """A real archive (LanceDB on disk, real embeddings) of a handful of small documents."""
     from pipeline.config import Settings

@@ -14,13 +14,6 @@ from pipeline import democorpus
 from pipeline.democorpus import FACTS, FILES, MANUAL, MANUAL_PAGES, main, write_corpus
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("demo")
-    write_corpus(root / "corpus", root / "queries" / "demo.jsonl")
-    return root / "corpus", root / "queries" / "demo.jsonl"
-
-
 @functools.lru_cache(maxsize=None)
 def _pdf_pages(path: Path) -> tuple[str, ...]:
     from pypdf import PdfReader
@@ -43,23 +36,24 @@ def _text(path: Path, page: int | None) -> str:
     return " ".join(text.split())
 
 
-def test_writes_every_document_kind(corpus: tuple[Path, Path]) -> None:
-    root, _ = corpus
+def test_writes_every_document_kind(demo_corpus: tuple[Path, Path]) -> None:
+    root, _ = demo_corpus
     assert sorted(p.name for p in root.iterdir()) == sorted(FILES)
     assert {p.suffix for p in root.iterdir()} == {".pdf", ".docx", ".html", ".md"}
     assert zipfile.ZipFile(root / democorpus.MINUTES).testzip() is None
 
 
-def test_manual_is_far_longer_than_a_context_window(corpus: tuple[Path, Path]) -> None:
-    pages = _pdf_pages(corpus[0] / MANUAL)
+def test_manual_is_far_longer_than_a_context_window(demo_corpus: tuple[Path, Path]) -> None:
+    pages = _pdf_pages(demo_corpus[0] / MANUAL)
     assert len(pages) == MANUAL_PAGES >= 60
     assert sum(len(page.split()) for page in pages) > 20_000  # ~1.3 tokens a word: several 8k-token windows
     assert all(f"Page {n}" in pages[n - 1] for n in (1, 30, MANUAL_PAGES))
 
 
 @pytest.mark.parametrize("fact", [f for f in FACTS if not f.unanswerable], ids=lambda f: f.id)
-def test_each_fact_is_on_its_stated_page_and_nowhere_else(corpus: tuple[Path, Path], fact: democorpus.Fact) -> None:
-    path = corpus[0] / fact.source  # type: ignore[operator]
+def test_each_fact_is_on_its_stated_page_and_nowhere_else(demo_corpus: tuple[Path, Path],
+                                                          fact: democorpus.Fact) -> None:
+    path = demo_corpus[0] / fact.source  # type: ignore[operator]
     sentence = " ".join(fact.sentence.split())
     assert sentence in _text(path, fact.page)
     assert any(a.lower() in sentence.lower() for a in fact.answers)
@@ -67,10 +61,10 @@ def test_each_fact_is_on_its_stated_page_and_nowhere_else(corpus: tuple[Path, Pa
         assert [n for n in range(1, len(_pdf_pages(path)) + 1) if sentence in _text(path, n)] == [fact.page]
 
 
-def test_demo_jsonl_is_valid_for_batch_and_eval(corpus: tuple[Path, Path]) -> None:
+def test_demo_jsonl_is_valid_for_batch_and_eval(demo_corpus: tuple[Path, Path]) -> None:
     from pipeline.batch import read_questions
 
-    _, queries = corpus
+    _, queries = demo_corpus
     records = [json.loads(line) for line in queries.read_text().splitlines()]
     assert [r["id"] for r in records] == [f.id for f in FACTS]
     assert all(r["category"] for r in records)
@@ -85,8 +79,8 @@ def test_demo_jsonl_is_valid_for_batch_and_eval(corpus: tuple[Path, Path]) -> No
     assert questions[0].gold["answers"] == ["42 bar"] and questions[0].gold["pages"] == [{"source": MANUAL, "page": 9}]
 
 
-def test_deterministic_bytes_and_skip_when_present(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
-    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in corpus[0].iterdir()}
+def test_deterministic_bytes_and_skip_when_present(tmp_path: Path, demo_corpus: tuple[Path, Path]) -> None:
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in demo_corpus[0].iterdir()}
     again = write_corpus(tmp_path / "c", tmp_path / "q.jsonl")
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "c").iterdir()} == digest
     assert len(again) == len(FILES) + 1
@@ -113,8 +107,8 @@ ABSENT = {"q12": ["price", "dollar", "$"], "q13": ["kilogram", " kg", "weigh "],
           "q19": ["telephone", "phone"], "q20": ["hydra-5 bearing"]}
 
 
-def test_unanswerable_questions_ask_for_facts_no_document_holds(corpus: tuple[Path, Path]) -> None:
-    root, _ = corpus
+def test_unanswerable_questions_ask_for_facts_no_document_holds(demo_corpus: tuple[Path, Path]) -> None:
+    root, _ = demo_corpus
     texts = []
     for path in sorted(root.iterdir()):
         pages = range(1, len(_pdf_pages(path)) + 1) if path.suffix == ".pdf" else [None]

@@ -17,8 +17,20 @@ each in the retrieved chunks, cited chunks first:
 Matching ignores case, accents, Unicode dash and quote variants, and thousands separators. Text of the
 question never counts as support; when the answer declines (`is_abstention`), claims it merely repeats
 from the question are not checked, since it asserts none of them. Prose with no such claims is grounded.
-What it cannot see: a true value attached to the wrong subject ("the Hydra-5 is rated for 42 bar" when
-42 bar is the Hydra-7's), paraphrased claims without numbers or names, and reasoning errors.
+
+A claim found in the text must also answer the question (unless the answer declines); `mismatched` says why not:
+- the quantity: the question asks for a kind of quantity (a unit it names without a number, "in kilograms",
+  "how many months", or a word: weight, pressure, price, power...) and every number of the answer has a unit of
+  another kind ("42 bar" for a weight); a bare number, a year or a percentage may be the answer, and a question
+  asking for more than one thing ("and", "or", a comma) is not judged;
+- the code family: the question names a code (`Hydra-5`) and every passage holding the answer's values names
+  another member of its family (`Hydra-7`) and not it; a passage that names no member is no evidence either way;
+- our ids: a chunk id is never text of the documents; given as a value it is mismatched, given as a citation
+  (after `chunk_id:`, `chunk ids`, `source:`, in brackets) it is no claim.
+What it cannot see: a true value attached to the wrong subject when the passage names the subject too or no
+code tells them apart ("the Hydra-5 is rated for 42 bar" beside "the Hydra-5 was limited to 35 bar"), a value of
+the right kind about another attribute (the seal interval given for the warranty), paraphrased claims without
+numbers or names, and reasoning errors.
 """
 
 from __future__ import annotations
@@ -31,8 +43,8 @@ from typing import Iterable, Mapping, Sequence
 
 from pipeline.types import Hit
 
-__all__ = ["Claim", "Grounding", "asked_dimensions", "check", "explain", "extract_claims", "is_abstention", "look_again_note", "normalize",
-           "strict_abstention"]
+__all__ = ["Claim", "Grounding", "asked_dimensions", "check", "explain", "extract_claims", "is_abstention",
+           "look_again_note", "normalize", "strict_abstention"]
 
 SHOWN_CLAIMS = 8  # at most this many unsupported claims are named to the model and in an abstention
 CLAIM_CHARS = 80  # longest claim text kept
@@ -586,7 +598,7 @@ def asked_dimensions(question: str) -> set[str]:
         if word in _ASKED_BY_WORD:
             asked.add(_ASKED_BY_WORD[word])
         canon = _UNITS.get(word)
-        after_number = index > 0 and words[index - 1][0].isdigit()
+        after_number = index > 0 and (words[index - 1][0].isdigit() or words[index - 1] == "per")  # or a rate's
         if canon and not after_number and word not in _NOT_ASKED_UNITS and (len(word) > 2 or word in _CURRENCY_SYMBOLS
                                                                             or word in ("kg", "km", "mm", "cm", "kw")):
             dimension = _DIMENSION_OF.get(canon)
@@ -642,7 +654,8 @@ def _subject_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence[
         code = _FAMILY.match(_fold(subject))
         others = _other_members(values, chunks, code.group(1), code.group(3)) if code and values else set()
         if code and others:
-            about = " or ".join(f"{subject[:len(code.group(1))]}{code.group(2) or '-'}{m.upper()}" for m in sorted(others))
+            written = subject[:len(code.group(1))] + (code.group(2) or "-")
+            about = " or ".join(f"{written}{m.upper()}" for m in sorted(others))
             return [(claim, f'"{claim.text}" is only in passages about {about}, not {subject}') for claim, _ in values]
     return []
 

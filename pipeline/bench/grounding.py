@@ -4,7 +4,8 @@
 first search for the question retrieves (hybrid, 10 hits) as evidence. Every gold answer variant of the
 answerable questions, as written in `queries/demo.jsonl` (`4000 hours`, `March 12, 2029`, `three`), should be
 grounded when its chunk was retrieved (a false alarm otherwise); one invented answer per unanswerable question
-(INVENTED, written to resemble what the local model says) should not be.
+(INVENTED, written to resemble what the local model says) should not be, nor the answers built from a value the
+retrieved text holds about another question (OFF_QUESTION: the pressure given as the weight or the motor power).
 
 `summarize` scores the records of one local-model batch over the demo questions (11 answerable, 9 about facts
 no document holds), run with or without --strict: the check and its one more look are the same either way, and
@@ -150,8 +151,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "strict": _score(records, _strict_answer, lambda r: r.get("grounded")),
         "held_back": [r["id"] for r in held], "false_alarms": false_alarms,
         "correct_but_ungrounded": [r["id"] for r in records if r["status"] == "ok" and r.get("grounded") is False
-                                   and not r["gold"].get("unanswerable")
-                                   and best_subspan_em(r.get("withheld") or r.get("answer") or "", r["gold"]["answers"])],
+                                   and not r["gold"].get("unanswerable") and best_subspan_em(
+                                       r.get("withheld") or r.get("answer") or "", r["gold"]["answers"])],
         "errors": [r["id"] for r in records if r["status"] != "ok"],
         "steps_mean": round(sum(len(r.get("steps") or []) for r in records) / max(1, len(records)), 2),
         "answers": {r["id"]: {"first": _first_answer(r)[:200], "final": (r.get("withheld") or r.get("answer") or "")[:200],
@@ -193,7 +194,8 @@ def main(argv: list[str]) -> int:
         records = load_output(path, repair=False)
         report = {"file": str(path), **summarize(records)}
         if archive is not None:
-            report = {"file": str(path), "recorded": summarize(records), "rechecked": summarize(recheck(records, archive))}
+            report = {"file": str(path), "recorded": summarize(records),
+                      "rechecked": summarize(recheck(records, archive))}
         print(json.dumps(report, indent=2))
     return 0
 

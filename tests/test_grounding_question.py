@@ -1,0 +1,301 @@
+"""The grounding check's second half: a claim found in the retrieved text must also answer the question asked.
+
+Three rules: the kind of quantity asked against those given (a weight asked, "42 bar" given), a code family (the
+Hydra-5 asked, the value only in passages about the Hydra-7), and our own chunk ids never a value. Each is tested
+on hand-written passages, then on the real demo store (LanceDB on disk, real embeddings) with cases generated
+from the demo's facts, and through the agent with a scripted client.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.agent.grounding import (asked_dimensions, check, explain, extract_claims, is_abstention, look_again_note,
+                                      strict_abstention)
+from pipeline.agent.loop import answer
+from pipeline.commands.ask import format_answer
+from pipeline.config import Settings
+from pipeline.democorpus import FACTS
+from pipeline.testing import FakeRetriever, ScriptedChatClient, make_hit, tool_reply
+from pipeline.types import Answer
+
+SEARCH = "archival_memory_search"
+CHUNK_ID = "700de55e6e00f14b1469"
+PASSAGES = [
+    make_hit("p09", "The Hydra-7 is rated for a maximum operating pressure of 42 bar at a fluid temperature of up to "
+                    "80 degrees Celsius; its predecessor, the Hydra-5, was limited to 35 bar.",
+             source="hydra-7_service_manual.pdf", page=9),
+    make_hit("p45", "Only Norrlube HT-220 synthetic grease is approved for the Hydra-7 bearings.",
+             source="hydra-7_service_manual.pdf", page=45),
+    make_hit("w12", "The pump weighs 85 kg without its motor.", source="datasheet.pdf", page=2),
+    make_hit("r03", "Revenue for 2029 reached 184.6 million euros, up 7.2 percent.", source="report.pdf", page=3),
+    make_hit("s40", "Replace the mechanical seal every 4,000 operating hours.", source="manual.pdf", page=40),
+    make_hit(CHUNK_ID, "If in doubt, contact the nearest Norrvik service centre before continuing.",
+             source="hydra-7_service_manual.pdf", page=26),
+]
+
+
+def mismatched(answer_text: str, question: str, hits=PASSAGES) -> dict[str, str]:
+    verdict = check(answer_text, hits, question=question)
+    assert verdict.missing == [], verdict.missing  # every claim is in the text: only the second half may object
+    return verdict.reasons
+
+
+# ------------------------------------------------------------------------------------ rule 1: the quantity asked
+
+@pytest.mark.parametrize("question, expected", [
+    ("How much does the Hydra-7 pump weigh in kilograms?", {"mass"}),
+    ("What is the rated motor power of the Hydra-7 in kilowatts?", {"power"}),
+    ("What is the retail price of the Hydra-7 pump in US dollars?", {"amount of money"}),
+    ("How many months does the Hydra-7 warranty last?", {"duration"}),
+    ("After how many operating hours must the seal be replaced?", {"duration"}),
+    ("What is the maximum flow rate in cubic metres per hour?", {"flow rate", "volume"}),
+    ("What pressure may the pump see at 80 °C?", {"pressure"}),  # a unit given with a number is a condition
+    ("How many pumps had worn bearings?", set()),
+    ("Who handles warranty claims for the Hydra-7?", set()),
+    ("What is the second step of the start-up?", set()),  # "second" the ordinal, not the unit
+    ("What is the maximum pressure and the seal interval?", set()),  # two things asked: no rule
+])
+def test_the_kind_of_quantity_a_question_asks_for(question, expected):
+    assert asked_dimensions(question) == expected
+
+
+@pytest.mark.parametrize("question, answer_text, reasons", [
+    ("How much does the Hydra-7 pump weigh in kilograms?", "The Hydra-7 weighs 42 bar.",
+     {"42 bar": '"42 bar" is a pressure, but the question asks for a mass'}),
+    ("What is the rated motor power of the Hydra-7 in kilowatts?", "It is 42 bar at up to 80 degrees Celsius.",
+     {"42 bar": '"42 bar" is a pressure, but the question asks for a power',
+      "80 degrees": '"80 degrees" is a temperature, but the question asks for a power'}),
+    ("What is the retail price of the Hydra-7 pump in US dollars?", "The price is 4000 hours.",
+     {"4000 hours": '"4000 hours" is a duration, but the question asks for an amount of money'}),
+])
+def test_a_value_of_another_kind_than_asked_is_mismatched(question, answer_text, reasons):
+    assert mismatched(answer_text, question) == reasons
+    assert check(answer_text, PASSAGES, question=question).grounded is False
+
+
+@pytest.mark.parametrize("question, answer_text", [
+    ("How much does the pump weigh in kilograms?", "It weighs 85 kg."),
+    ("What is the maximum operating pressure of the Hydra-7?", "42 bar, at up to 80 degrees Celsius."),
+    ("What was Norrvik Hydraulics' revenue in 2029?", "184.6 million euros, up 7.2 percent."),
+    ("What was Norrvik Hydraulics' revenue in 2029?", "It reached 184.6 million."),  # a bare number may be it
+    ("By how much did revenue grow in 2029?", "Revenue grew 7.2 percent."),  # a share answers any quantity
+    ("What is the maximum pressure and the seal interval?", "Every 4,000 operating hours."),
+    ("How many months does the seal last?", "4,000 operating hours."),  # the same kind in another unit
+    ("How long does the pump run between seal changes?", "4,000 operating hours."),
+])
+def test_the_kind_asked_or_a_bare_number_is_not_flagged(question, answer_text):
+    assert mismatched(answer_text, question) == {}
+
+
+# ------------------------------------------------------------------------------------ rule 2: the code family
+
+def test_a_value_only_in_passages_about_another_member_of_the_family_is_mismatched():
+    question = "Which lubricant is approved for the Hydra-5 bearings?"
+    reasons = mismatched("The Hydra-5 bearings use Norrlube HT-220 synthetic grease.", question)
+    assert reasons == {"Norrlube": '"Norrlube" is only in passages about Hydra-7, not Hydra-5',
+                       "HT-220": '"HT-220" is only in passages about Hydra-7, not Hydra-5'}
+
+
+@pytest.mark.parametrize("question, hit", [
+    ("Which lubricant is approved for the Hydra-7 bearings?", PASSAGES[1]),  # the member asked
+    ("Which lubricant is approved for the Hydra-5 bearings?",  # a passage that names no member at all
+     make_hit("g1", "Use only Norrlube HT-220 synthetic grease on the bearings.", source="manual.pdf")),
+    ("Which lubricant is approved for the Hydra-5 bearings?",  # one that names both
+     make_hit("g2", "Norrlube HT-220 is approved for the Hydra-5 and the Hydra-7 bearings.", source="manual.pdf")),
+])
+def test_the_member_asked_or_no_member_named_is_not_flagged(question, hit):
+    assert mismatched("Norrlube HT-220.", question, [hit]) == {}
+
+
+# ------------------------------------------------------------------------------------ rule 3: our chunk ids
+
+def test_a_chunk_id_given_as_a_value_is_mismatched():
+    question = "What is the telephone number of the Norrvik Hydraulics service centre in Stavanger?"
+    reasons = mismatched(f"The telephone number of the service centre is {CHUNK_ID}.", question)
+    assert reasons == {CHUNK_ID: f'"{CHUNK_ID}" is one of our chunk ids, not a value from the documents'}
+
+
+@pytest.mark.parametrize("answer_text", [
+    f"The Hydra-7 is rated for 42 bar (chunk_id: {CHUNK_ID}).",
+    f"The Hydra-7 is rated for 42 bar [{CHUNK_ID}].",
+    f"The Hydra-7 is rated for 42 bar; see chunk ids p09 and {CHUNK_ID}.",
+    f"The Hydra-7 is rated for 42 bar. Sources: p09, {CHUNK_ID}",
+    "The Hydra-7 is rated for 42 bar (chunk_id_12345).",  # an invented citation: the citation check's business
+])
+def test_a_chunk_id_cited_is_no_claim(answer_text):
+    verdict = check(answer_text, PASSAGES, question="What is the maximum pressure of the Hydra-7?")
+    assert verdict.grounded is True and [c.text for c, _ in verdict.checked] == ["Hydra-7", "42 bar"]
+
+
+def test_chunk_ids_never_support_a_claim_and_a_decline_may_name_one():
+    assert check(f"Call {CHUNK_ID[:12]}.", PASSAGES).missing == [CHUNK_ID[:12]]  # an id's text is not evidence
+    decline = f"The documents do not mention the telephone number; chunk {CHUNK_ID} names the service centre."
+    assert check(decline, PASSAGES, question="What is the telephone number?").grounded is True
+
+
+# ------------------------------------------------------------------------------------ what the user and model read
+
+def test_the_notes_the_warning_and_the_abstention_say_why():
+    reasons = {"42 bar": '"42 bar" is a pressure, but the question asks for a mass'}
+    note = look_again_note(["85 kg", "42 bar"], reasons)
+    assert '"85 kg" appears in none of the chunks you retrieved; "42 bar" is a pressure, but the question asks for ' \
+           'a mass: search for what the question asks' in note
+    declined = strict_abstention(["42 bar"], reasons)
+    assert is_abstention(declined) and "could not find" not in declined and reasons["42 bar"] in declined
+    assert explain(["85 kg", "42 bar"], reasons) == ("not found in any retrieved chunk: 85 kg; " + reasons["42 bar"])
+    shown = format_answer(Answer(question="q", answer="It weighs 42 bar.", grounded=False, unsupported=["42 bar"],
+                                 mismatched=reasons))
+    assert shown.splitlines()[1] == f"Warning: {reasons['42 bar']}"
+
+
+# ------------------------------------------------------------------------------------ the real demo store
+
+@pytest.fixture(scope="module")
+def demo_archive(demo_corpus, tmp_path_factory, embedder):
+    """The demo corpus (`make demo`'s documents) ingested into a real store."""
+    from pipeline.archive.store import Archive
+    from pipeline.ingest.local import ingest_directory
+
+    settings = Settings.from_env(store=tmp_path_factory.mktemp("demo-store") / "archive")
+    report = ingest_directory(demo_corpus[0], settings, progress=False, embedder=embedder)
+    assert report.failed == 0, report.failures
+    return Archive.open(settings.store, embedder=embedder)
+
+
+ANSWERABLE = [f for f in FACTS if not f.unanswerable]
+
+
+def first_search(archive, question: str) -> list:
+    return list(archive.search(question, mode="hybrid", top_k=10).hits)
+
+
+def test_on_the_demo_store_gold_answers_stay_grounded_and_every_off_question_answer_is_caught(demo_archive):
+    from pipeline.bench.grounding import mechanical
+
+    result = mechanical(demo_archive)
+    assert result["false_alarms"] == [] and result["true_with_fact_retrieved"] >= 25
+    assert [(i["id"], i["answer"]) for i in result["invented_detail"] if not i["caught"]] == []
+    assert len(result["invented_detail"]) == 9 + 2  # q13 and q17 also with their value from another question
+
+
+def _unit_answers() -> list:
+    """(fact, its gold variant that is a number with a unit next to it, the kinds of quantity its question asks)."""
+    facts = []
+    for fact in ANSWERABLE:
+        asked = asked_dimensions(fact.question)
+        variant = next((v for v in fact.answers if [c.kind for c in extract_claims(v)] == ["number"]
+                        and not extract_claims(v)[0].text.replace(",", "").replace(".", "").isdigit()), None)
+        if asked and variant:
+            facts.append((fact, variant, asked))
+    return facts
+
+
+def test_generated_crossings_a_value_answering_another_questions_quantity_is_caught(demo_archive):
+    """Each unit answer given to each question asking another kind, with both questions' passages retrieved."""
+    facts = _unit_answers()
+    assert len(facts) >= 4
+    crossed = 0
+    for asking, _, asked in facts:
+        for giving, value, given in facts:
+            hits = first_search(demo_archive, asking.question) + first_search(demo_archive, giving.question)
+            verdict = check(f"The answer is {value}.", hits, question=asking.question)
+            if giving is asking:
+                assert verdict.grounded, (asking.id, verdict.unsupported)
+            elif not asked & given:
+                crossed += 1
+                assert verdict.missing == [] and list(verdict.reasons) == [value], (asking.id, giving.id)
+    assert crossed >= 12
+
+
+def test_generated_swaps_a_hydra_7_fact_asked_of_the_hydra_5_is_caught(demo_archive):
+    """The manual's Hydra-7 facts asked of the Hydra-5 (which no passage holding them names): every gold variant
+    with a checkable value is caught; asked of the Hydra-7 the same answers are grounded."""
+    caught = 0
+    for fact in ANSWERABLE:
+        if "Hydra-7" not in fact.question or "Hydra-5" in fact.sentence:
+            continue
+        hits = first_search(demo_archive, fact.question)
+        swapped = fact.question.replace("Hydra-7", "Hydra-5")
+        for variant in fact.answers:
+            text = f"The answer is {variant}."
+            assert check(text, hits, question=fact.question).grounded, (fact.id, variant)
+            verdict = check(text, hits, question=swapped)
+            if [c for c, _ in verdict.checked if c.text != "Hydra-5"]:
+                caught += 1
+                assert not verdict.grounded and "not Hydra-5" in " ".join(verdict.reasons.values()), (fact.id, variant)
+    assert caught >= 6
+
+
+def test_generated_ids_a_retrieved_chunk_id_as_the_answer_is_caught_and_as_a_citation_is_not(demo_archive):
+    for fact in ANSWERABLE:
+        hits = first_search(demo_archive, fact.question)
+        value = hits[0].chunk_id
+        assert check(f"It is {value}.", hits, question=fact.question).reasons == {
+            value: f'"{value}" is one of our chunk ids, not a value from the documents'}, fact.id
+        cited = check(f"The answer is {fact.answers[0]} (chunk_id: {value}).", hits, question=fact.question)
+        assert cited.reasons == {} and value not in [c.text for c, _ in cited.checked], fact.id
+
+
+def _run(archive, question: str, replies: list, *, strict: bool = True):
+    client = ScriptedChatClient(replies)
+    return answer(question, retriever=archive, client=client, settings=Settings(strict=strict)), client
+
+
+def _send(message: str) -> object:
+    return tool_reply("send_message", {"message": message, "citations": []})
+
+
+@pytest.mark.parametrize("fact_id, said, why", [
+    ("q13", "The Hydra-7 pump weighs 42 bar at a fluid temperature of up to 80 degrees Celsius.",
+     '"42 bar" is a pressure, but the question asks for a mass'),
+    ("q17", "The rated motor power of the Hydra-7 in kilowatts is 42 bar; the Hydra-5 was limited to 35 bar.",
+     '"42 bar" is a pressure, but the question asks for a power'),
+    ("q20", "The lubricant approved for the Hydra-5 bearings is Norrlube HT-220 synthetic grease.",
+     '"HT-220" is only in passages about Hydra-7, not Hydra-5'),
+    ("q19", "The telephone number of the Norrvik Hydraulics service centre in Stavanger is {id}.",
+     '"{id}" is one of our chunk ids, not a value from the documents'),
+])
+def test_the_agent_on_the_demo_store_looks_again_then_strict_declines_saying_why(demo_archive, fact_id, said, why):
+    """What the local model said to four unanswerable questions (session-10 records), scripted over the real store."""
+    fact = next(f for f in FACTS if f.id == fact_id)
+    query = fact.question.rstrip("?")
+    chunk_id = first_search(demo_archive, query)[0].chunk_id  # the page the agent's search shows, found the same way
+    said, why = said.format(id=chunk_id), why.format(id=chunk_id)
+    search = tool_reply(SEARCH, {"query": query, "request_heartbeat": True})
+    result, client = _run(demo_archive, fact.question, [search, _send(said), _send(said)])
+    assert result.status == "ok" and result.grounded is False and result.withheld == said
+    assert why in result.mismatched.values() and is_abstention(result.answer) and why in result.answer
+    look = client.requests[2]["messages"][-1]["content"]
+    assert why in look and "search for what the question asks" in look
+
+
+@pytest.mark.parametrize("fact_id", ["q01", "q02", "q04", "q06", "q08", "q10"])
+def test_the_agent_on_the_demo_store_delivers_true_answers_at_once_under_strict(demo_archive, fact_id):
+    """The answers the local model got right in the same run: grounded at once, delivered under --strict."""
+    fact = next(f for f in FACTS if f.id == fact_id)
+    said = f"According to the documents, {fact.sentence}"
+    search = tool_reply(SEARCH, {"query": fact.question, "request_heartbeat": True})
+    result, client = _run(demo_archive, fact.question, [search, _send(said)])
+    assert result.grounded is True and result.mismatched == {} and result.answer == said, result.unsupported
+    assert len(client.requests) == 2 and result.citations and all(c.inferred for c in result.citations)
+
+
+def test_the_benchmark_rechecks_recorded_runs_against_the_chunks_they_were_shown(demo_archive):
+    """`recheck` finds a record's chunks again from its searches and judges its final answer with this check: a
+    record the older check passed (the weight answered with the pressure) is flagged, and --strict abstains."""
+    from pipeline.bench.grounding import recheck, shown_chunks, summarize
+
+    fact = next(f for f in FACTS if f.id == "q13")
+    query = "Hydra-7 pump maximum rated operating pressure"
+    steps = [{"function": SEARCH, "arguments": {"query": query, "page": 0},
+              "result": "OK: Results 1-5 of 211 (page=0 of pages 0-42, 5 a page)"},
+             {"function": SEARCH, "arguments": {"query": "weight", "page": 3}, "result": "Failed: no such page"}]
+    record = {"id": "q13", "question": fact.question, "status": "ok", "answer": "It weighs 42 bar.", "grounded": True,
+              "unsupported": [], "withheld": None, "citations": [], "steps": steps, "gold": {"unanswerable": True}}
+    ranked = list(demo_archive.search(query, mode="hybrid", top_k=50).hits)
+    assert [h.chunk_id for h in shown_chunks(record, demo_archive)] == [h.chunk_id for h in ranked[:5]]
+    judged = recheck([record], demo_archive)[0]
+    assert judged["grounded"] is False and judged["unsupported"] == ["42 bar"]
+    assert judged["mismatched"] == {"42 bar": '"42 bar" is a pressure, but the question asks for a mass'}
+    assert summarize([record])["strict"]["abstained"] == 0 and summarize([judged])["strict"]["abstained"] == 1
