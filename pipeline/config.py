@@ -32,6 +32,7 @@ class Settings:
     rrf_k: int = 5
     fts_weight: float = 1.0  # weight of the BM25 list; the vector list weighs 1
     exact_first: bool = True  # chunks holding the query's identifiers (E1234, max_wal_size, 2.4.1) rank first
+    feedback_docs: int = 5  # first fused chunks that expand the query for a second pass (pseudo-relevance); 0: off
     ocr: str = "auto"  # PDF pages read by OCR: "auto" (no usable text layer), "force" (all), "off" (none)
     ocr_workers: int = 0  # OCR processes; 0: one per core (up to 4), started at the first page that needs OCR
     engine: str = "local"  # ingest and batch engine: "local" (this machine) or "ray" (a Ray cluster)
@@ -61,6 +62,7 @@ class Settings:
             "fusion": _env("ANALYZE_FUSION", cls.fusion),
             "rrf_k": int(_env("ANALYZE_RRF_K", str(cls.rrf_k))),
             "fts_weight": float(_env("ANALYZE_FTS_WEIGHT", str(cls.fts_weight))),
+            "feedback_docs": int(_env("ANALYZE_FEEDBACK_DOCS", str(cls.feedback_docs))),
             "ocr": _env("ANALYZE_OCR", cls.ocr),
             "ocr_workers": int(_env("ANALYZE_OCR_WORKERS", "0")),
             "engine": _env("ANALYZE_ENGINE", cls.engine),

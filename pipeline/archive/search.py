@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.archive.feedback import expansion_terms, feedback_vector
 from pipeline.archive.schema import SEARCH_COLUMN
 from pipeline.config import Settings
 from pipeline.types import Hit, SearchResult
@@ -27,6 +28,8 @@ MIN_SIMILARITY = 0.25  # cosine similarity from which a vector neighbour counts 
 COLUMNS = ["chunk_id", "source", "page", "page_end", "heading", "text", "ocr", "ocr_confidence"]
 NPROBES = 20  # IVF partitions probed per vector query (when the table has a vector index)
 EXACT_HEAD = 64  # the vector ranking's first rows (at least; twice the rows up to the page shown) re-ranked exactly
+FEEDBACK_LIMIT = 200  # matches each retriever returns in feedback's second pass (it re-orders; it does not count)
+FEEDBACK_SHARE = 10  # feedback runs when the first pass found this many matches or more per feedback chunk
 
 
 PARTITION_ROWS = 1024  # rows per IVF partition of the vector index (LanceDB's own default for IVF-SQ is 32,768)
@@ -51,23 +54,26 @@ class Fusion:
     rrf: sum of weight / (k + rank) over the two lists (reciprocal-rank fusion). score: a weighted sum of each
     list's scores divided by that list's best score. With `exact_first`, chunks holding the query's identifiers
     (tokens with a digit or an underscore, such as `HX-7/220`, `2.4.1`, `max_wal_size`, `E1234`, UUIDs) as phrases
-    rank ahead of the rest, the more of them the earlier.
+    rank ahead of the rest, the more of them the earlier. With `feedback_docs`, the first that many fused chunks
+    expand the query (pipeline.archive.feedback) for a second pass of both retrievers, which re-ranks the same
+    matches; 0 turns it off.
     """
 
     method: str = Settings.fusion
     rrf_k: int = Settings.rrf_k
     fts_weight: float = Settings.fts_weight
     exact_first: bool = Settings.exact_first
+    feedback_docs: int = Settings.feedback_docs
 
     def __post_init__(self) -> None:
         if self.method not in FUSIONS:
             raise ValueError(f"unknown fusion {self.method!r}; use one of {', '.join(FUSIONS)}")
-        if self.rrf_k < 0 or self.fts_weight < 0:
-            raise ValueError("rrf_k and fts_weight must not be negative")
+        if self.rrf_k < 0 or self.fts_weight < 0 or self.feedback_docs < 0:
+            raise ValueError("rrf_k, fts_weight and feedback_docs must not be negative")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Fusion":
-        return cls(settings.fusion, settings.rrf_k, settings.fts_weight, settings.exact_first)
+        return cls(settings.fusion, settings.rrf_k, settings.fts_weight, settings.exact_first, settings.feedback_docs)
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,8 @@ def search_chunks(chunks, embedder, query: str, *, mode: str = "hybrid", top_k: 
 
     vector: cosine similarity; a chunk counts as a match from MIN_SIMILARITY. fts: BM25 over the search text
     (heading path and text).
-    hybrid: both rankings fused as `fusion` says; the total is their union. Totals are exact up to COUNT_LIMIT
-    matches per retriever and a lower bound past it (`SearchResult.total_exact`).
+    hybrid: both rankings fused as `fusion` says (`hybrid_matches`); the total is their union. Totals are exact up
+    to COUNT_LIMIT matches per retriever and a lower bound past it (`SearchResult.total_exact`).
     """
     if mode not in MODES:
         raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
@@ -120,18 +126,58 @@ def search_chunks(chunks, embedder, query: str, *, mode: str = "hybrid", top_k: 
     elif mode == "fts":
         ids, scores, exact = _single(fts_matches(chunks, query))
     else:
-        vector = embedder.encode([query])[0]
-        pool = _pool()
-        fts = pool.submit(fts_matches, chunks, query)
-        tiers = [pool.submit(phrase_matches, chunks, token) for token in identifiers(query)] if fusion.exact_first else []
-        near = vector_matches(chunks, vector, depth)
-        lists = fts.result()
-        ids, scores = fuse(near, lists, [tier.result() for tier in tiers], fusion)
-        exact = not (near.capped or lists.capped)
+        ids, scores, exact = hybrid_matches(chunks, embedder.encode([query])[0], query, fusion, depth)
     shown = slice(page * top_k, (page + 1) * top_k)
     rows = _rows(chunks, ids[shown])
     hits = [_hit(rows[int(row_id)], float(score)) for row_id, score in zip(ids[shown], scores[shown])]
     return SearchResult(query, hits, len(ids), page, top_k, total_exact=exact)
+
+
+def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusion(),
+                   depth: int = EXACT_HEAD) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Row ids of the hybrid matches of `query` (embedded as `vector`), best first, their scores, and whether the
+    total is exact.
+
+    Both retrievers run side by side and their rankings are fused. With `fusion.feedback_docs`, the first fused
+    chunks expand the query on both sides (`pipeline.archive.feedback`: Rocchio on the vector, relevance-model
+    words on BM25) and both retrievers run again; that second fusion orders the first pass's matches, so the
+    matches and their total are the query's own, not those of the words added to it. Feedback needs the first
+    chunks to be a small part of the matches (FEEDBACK_SHARE): where they are most of them (a query matching
+    a handful of chunks) they tell nothing the query does not, and the second pass would drift to their centroid.
+    """
+    pool = _pool()
+    fts = pool.submit(fts_matches, chunks, query)
+    pending = [pool.submit(phrase_matches, chunks, token) for token in identifiers(query)] if fusion.exact_first else []
+    near = vector_matches(chunks, vector, depth)
+    lists = fts.result()
+    tiers = [tier.result() for tier in pending]
+    ids, scores = fuse(near, lists, tiers, fusion)
+    exact = not (near.capped or lists.capped)
+    if fusion.feedback_docs and len(ids) >= FEEDBACK_SHARE * fusion.feedback_docs:
+        texts, vectors = _feedback_rows(chunks, ids[:fusion.feedback_docs])
+        weights = scores[:fusion.feedback_docs]
+        fts = pool.submit(fts_matches, chunks, query, expansion_terms(texts, weights), FEEDBACK_LIMIT)
+        near = vector_matches(chunks, feedback_vector(vector, vectors, weights), depth, FEEDBACK_LIMIT)
+        ids, scores = _within(ids, *fuse(near, fts.result(), tiers, fusion))
+    return ids, scores, exact
+
+
+def _feedback_rows(chunks, row_ids: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The search text and vectors of `row_ids`, in their order (only those rows and columns are read)."""
+    rows = chunks.take_row_ids([int(i) for i in row_ids]).select(["vector", SEARCH_COLUMN]).with_row_id().to_arrow()
+    at = {row_id: n for n, row_id in enumerate(rows["_rowid"].to_pylist())}
+    order = [at[int(i)] for i in row_ids]
+    texts = rows[SEARCH_COLUMN].to_pylist()
+    return [texts[n] for n in order], np.stack(rows["vector"].to_numpy(zero_copy_only=False))[order]
+
+
+def _within(matches: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`ids` (with `scores`) that are among `matches`, in their order; then the rest of `matches`, in theirs, at the
+    last of those scores."""
+    keep = np.isin(ids, matches)
+    ids, scores = ids[keep], scores[keep]
+    rest = matches[~np.isin(matches, ids)]
+    return np.concatenate([ids, rest]), np.concatenate([scores, np.full(len(rest), scores[-1] if len(scores) else 0.0)])
 
 
 def _single(ranked: Ranked) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -166,17 +212,19 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(4, thread_name_prefix="search")
 
 
-def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD) -> Ranked:
-    """Chunks at cosine similarity MIN_SIMILARITY or more from `vector`, nearest first.
+def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD, limit: int | None = None) -> Ranked:
+    """Chunks at cosine similarity MIN_SIMILARITY or more from `vector`, nearest first (at most `limit`, default
+    COUNT_LIMIT).
 
-    One index query ranks up to COUNT_LIMIT neighbours by the index's approximate distances; the first `depth`
+    One index query ranks up to `limit` neighbours by the index's approximate distances; the first `depth`
     are re-ranked by their exact similarity (their vectors are read, nothing else), and the rest get the
     similarity their approximate distance implies, scaled to the exact ones of those first rows (IVF indexes
     report another scale than a flat scan, and it differs while new rows are not yet indexed). The similarity
     floor is applied to those: a floor on an index's raw distances drops nearly every match.
     """
+    limit = limit or COUNT_LIMIT
     table = (chunks.search(vector, vector_column_name="vector").distance_type("cosine").nprobes(NPROBES)
-             .select(["_distance"]).limit(COUNT_LIMIT).with_row_id(True).to_arrow())
+             .select(["_distance"]).limit(limit).with_row_id(True).to_arrow())
     ids, approx = table["_rowid"].to_numpy(), table["_distance"].to_numpy().astype(np.float64)
     scores = 1 - approx
     for head in (min(depth, len(ids)), len(ids)):  # all rows exactly only when the first give no scale
@@ -191,7 +239,7 @@ def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD) -> Ranke
             ids, scores = ids[order], scores[order]
             break
     keep = scores >= MIN_SIMILARITY
-    return Ranked(ids[keep], scores[keep], table.num_rows >= COUNT_LIMIT and bool(keep[-1]))
+    return Ranked(ids[keep], scores[keep], table.num_rows >= limit and bool(keep[-1]))
 
 
 def _similarities(chunks, row_ids: np.ndarray, vector: np.ndarray) -> np.ndarray:
@@ -203,13 +251,19 @@ def _similarities(chunks, row_ids: np.ndarray, vector: np.ndarray) -> np.ndarray
     return np.array([by_row[int(i)] for i in row_ids])
 
 
-def fts_matches(chunks, query: str) -> Ranked:
-    """Chunks holding any of the query's words, by BM25."""
-    from lancedb.query import MatchQuery
+def fts_matches(chunks, query: str, expansion: list[tuple[str, float]] | None = None,
+                limit: int | None = None) -> Ranked:
+    """Chunks holding any of the query's words, by BM25 (at most `limit`, default COUNT_LIMIT); with `expansion`,
+    or any of those words, each with its weight (a query word weighs 1)."""
+    from lancedb.query import BooleanQuery, MatchQuery, Occur
 
-    table = (chunks.search(MatchQuery(query, SEARCH_COLUMN), query_type="fts").select(["_score"]).limit(COUNT_LIMIT)
-             .with_row_id(True).to_arrow())
-    return Ranked.of(table, "_score", COUNT_LIMIT)
+    limit = limit or COUNT_LIMIT
+    match = MatchQuery(query, SEARCH_COLUMN)
+    if expansion:
+        match = BooleanQuery([(Occur.SHOULD, match)] + [(Occur.SHOULD, MatchQuery(word, SEARCH_COLUMN, boost=weight))
+                                                        for word, weight in expansion])
+    table = chunks.search(match, query_type="fts").select(["_score"]).limit(limit).with_row_id(True).to_arrow()
+    return Ranked.of(table, "_score", limit)
 
 
 def phrase_matches(chunks, token: str) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Retrieval quality on Cranfield (BEIR layout in ../shared/eval/cranfield, or $PAGEFAULT_CRANFIELD): nDCG@10 and
-recall@100 per mode, and nDCG@10 of each fusion candidate (pipeline.bench._fusion) from the same retrievals."""
+recall@100 per mode, nDCG@10 of each fusion candidate (pipeline.bench._fusion) from the same retrievals, and of
+hybrid search with each number of pseudo-relevance feedback chunks (FEEDBACK_DOCS; 0: none)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Iterable
 CRANFIELD = Path(os.environ.get("PAGEFAULT_CRANFIELD", "")
                  or Path(__file__).resolve().parents[2].parent / "shared" / "eval" / "cranfield")
 MODES = ("vector", "fts", "hybrid")
+FEEDBACK_DOCS = (0, 3, 5, 10)
 
 
 def ndcg_at(ranked: list[str], gains: dict[str, int], k: int) -> float:
@@ -72,7 +74,7 @@ def scores_by_mode(archive, *, queries: int | None = None) -> dict[str, dict[str
 def run(out_dir: Path) -> dict:
     from pipeline.config import Settings
     from pipeline.ingest.local import ingest_directory
-    from pipeline.archive.search import Fusion
+    from pipeline.archive.search import Fusion, hybrid_matches
     from pipeline.archive.store import Archive
     from pipeline.bench._fusion import CANDIDATES, retrieve, row_column
 
@@ -85,13 +87,22 @@ def run(out_dir: Path) -> dict:
     best_single = max(scores["vector"]["ndcg@10"], scores["fts"]["ndcg@10"])
     queries, qrels = judged_queries()
     sources = row_column(archive, "source")
-    retrieved = retrieve(archive, [" ".join(q["text"].split()) for q in queries])
-    fusions = {name: round(sum(ndcg_at(documents_in_order(sources[int(i)] for i in r.ranking(fusion)),
-                                       qrels[q["_id"]], 10) for q, r in zip(queries, retrieved)) / len(queries), 4)
-               for name, fusion in CANDIDATES.items()}
+    texts = [" ".join(q["text"].split()) for q in queries]
+    retrieved = retrieve(archive, texts)
+
+    def mean_ndcg(rankings) -> float:
+        return round(sum(ndcg_at(documents_in_order(sources[int(i)] for i in ranking), qrels[q["_id"]], 10)
+                         for q, ranking in zip(queries, rankings)) / len(queries), 4)
+
+    fusions = {name: mean_ndcg(r.ranking(fusion) for r in retrieved) for name, fusion in CANDIDATES.items()}
+    vectors = archive.embedder.encode(texts)
+    feedback = {n: mean_ndcg(hybrid_matches(archive.chunks, vector, text, Fusion(feedback_docs=n))[0]
+                             for text, vector in zip(texts, vectors))
+                for n in FEEDBACK_DOCS}
     return {"queries": len(queries), "documents": report.new + report.unchanged, "chunks": archive.count(),
             "default_fusion": Fusion().__dict__, "target_hybrid_ndcg@10": 0.43,
             "meets_target": scores["hybrid"]["ndcg@10"] >= 0.43 and scores["hybrid"]["ndcg@10"] > best_single,
-            "fusions_ndcg@10": fusions, "scores": scores, "hybrid_beats_both_ndcg@10": scores["hybrid"]["ndcg@10"] > best_single,
+            "fusions_ndcg@10": fusions, "feedback_docs_ndcg@10": feedback, "scores": scores,
+            "hybrid_beats_both_ndcg@10": scores["hybrid"]["ndcg@10"] > best_single,
             "hybrid_beats_both_recall@100": scores["hybrid"]["recall@100"] > max(
                 scores["vector"]["recall@100"], scores["fts"]["recall@100"])}
