@@ -3,7 +3,8 @@
 The vectors are clustered like real embeddings (a topic centroid plus noise; each chunk's words lean to its
 topic), and each query is a perturbed chunk vector with words of its topic, so the ANN index faces neighbours
 worth finding. Latencies exclude embedding the query (reported apart, `query_encode`): the searches get
-precomputed vectors. `vector_recall@10` compares the indexed vector search with an exact scan of the same table.
+precomputed vectors; `hybrid_without_feedback` is hybrid with pseudo-relevance feedback off, in the same run, to
+show what feedback's second pass costs. `vector_recall@10` compares the indexed vector search with an exact scan of the same table.
 `refresh_1pct` adds 1% new rows and times `optimize` (folds them into the FTS and vector indexes) against the
 full index build. Stores live in a temporary directory under `out_dir` and are removed afterwards.
 """
@@ -104,7 +105,7 @@ def uptime() -> str:
 
 
 def measure(rows: int, root: Path, corpus: Corpus, queries: int = QUERIES) -> dict:
-    from pipeline.archive.search import MIN_SIMILARITY, NPROBES, search_chunks, vector_matches
+    from pipeline.archive.search import MIN_SIMILARITY, NPROBES, Fusion, search_chunks, vector_matches
     from pipeline.archive.store import Archive, StoreMeta
 
     load_before = uptime()
@@ -130,17 +131,18 @@ def measure(rows: int, root: Path, corpus: Corpus, queries: int = QUERIES) -> di
     found = [set(vector_matches(archive.chunks, v).ids[:10].tolist()) for v in vectors]
     recall = sum(len(e & f) for e, f in zip(exact, found)) / sum(len(e) for e in exact)
 
-    def timed(mode: str) -> dict:
-        search_chunks(archive.chunks, archive.embedder, texts[0], mode=mode, top_k=10)  # warm caches
+    def timed(mode: str, fusion: Fusion = Fusion()) -> dict:
+        search_chunks(archive.chunks, archive.embedder, texts[0], mode=mode, top_k=10, fusion=fusion)  # warm caches
         samples, totals = [], []
         for text in texts:
             t0 = time.perf_counter()
-            result = search_chunks(archive.chunks, archive.embedder, text, mode=mode, top_k=10)
+            result = search_chunks(archive.chunks, archive.embedder, text, mode=mode, top_k=10, fusion=fusion)
             samples.append(time.perf_counter() - t0)
             totals.append(result.total)
         return percentiles(samples) | {"total_median": int(statistics.median(totals))}
 
     latency = {mode: timed(mode) for mode in ("vector", "fts", "hybrid")}
+    latency["hybrid_without_feedback"] = timed("hybrid", Fusion(feedback_docs=0))
 
     extra = max(1, rows // 100)
     added = corpus.batch(rows, extra)
