@@ -66,7 +66,7 @@ def test_a_query_holding_an_identifier_gets_a_chunk_with_it_first(identifier_arc
     missed = [lookup.query for lookup in lookups
               if not contains_token(archive.search(lookup.query, mode="hybrid", top_k=1).hits[0].text, lookup.token)]
     assert missed == []
-    archive.fusion = Fusion("rrf", 60, 1.0, False)  # LanceDB's RRF, as before: the defect reproduces
+    archive.fusion = Fusion("rrf", 60, 1.0, False, 0)  # LanceDB's RRF, as before: the defect reproduces
     before = [lookup.query for lookup in lookups
               if not contains_token(archive.search(lookup.query, mode="hybrid", top_k=1).hits[0].text, lookup.token)]
     archive.fusion = Fusion()
