@@ -164,11 +164,15 @@ def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusi
 
 def _feedback_rows(chunks, row_ids: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The search text and vectors of `row_ids`, in their order (only those rows and columns are read)."""
-    rows = chunks.take_row_ids([int(i) for i in row_ids]).select(["vector", SEARCH_COLUMN]).with_row_id().to_arrow()
+    rows = _take_in_order(chunks, row_ids, ["vector", SEARCH_COLUMN])
+    return rows[SEARCH_COLUMN].to_pylist(), np.stack(rows["vector"].to_numpy(zero_copy_only=False))
+
+
+def _take_in_order(chunks, row_ids: np.ndarray, columns: list[str]) -> pa.Table:
+    """`columns` of the rows `row_ids` (and only those), in the order of `row_ids` (a take returns its own)."""
+    rows = chunks.take_row_ids([int(i) for i in row_ids]).select(columns).with_row_id().to_arrow()
     at = {row_id: n for n, row_id in enumerate(rows["_rowid"].to_pylist())}
-    order = [at[int(i)] for i in row_ids]
-    texts = rows[SEARCH_COLUMN].to_pylist()
-    return [texts[n] for n in order], np.stack(rows["vector"].to_numpy(zero_copy_only=False))[order]
+    return rows.take([at[int(i)] for i in row_ids])
 
 
 def _within(matches: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,11 +248,9 @@ def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD, limit: i
 
 def _similarities(chunks, row_ids: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """Exact cosine similarity of `vector` to the stored vectors of `row_ids` (only that column is read)."""
-    rows = chunks.take_row_ids([int(i) for i in row_ids]).select(["vector"]).with_row_id().to_arrow()
+    rows = _take_in_order(chunks, row_ids, ["vector"])
     vectors = np.stack(rows["vector"].to_numpy(zero_copy_only=False)).astype(np.float64)
-    sims = vectors @ vector / np.maximum(np.linalg.norm(vectors, axis=1) * np.linalg.norm(vector), 1e-12)
-    by_row = dict(zip(rows["_rowid"].to_numpy().tolist(), sims))
-    return np.array([by_row[int(i)] for i in row_ids])
+    return vectors @ vector / np.maximum(np.linalg.norm(vectors, axis=1) * np.linalg.norm(vector), 1e-12)
 
 
 def fts_matches(chunks, query: str, expansion: list[tuple[str, float]] | None = None,
