@@ -8,6 +8,7 @@ callable, so that the real `openai` client (retries, parsing, timeouts) can be e
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -17,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from pipeline.llm import ChatReply, LLMError, ToolCall
 from pipeline.types import Hit, SearchResult
@@ -270,3 +271,33 @@ class FakeRetriever:
         ranked = [replace(h, score=float(s)) for s, _, h in sorted(scored, key=lambda t: t[:2], reverse=True) if s]
         return SearchResult(query=query, hits=ranked[page * top_k:(page + 1) * top_k], total=len(ranked),
                             page=page, top_k=top_k)
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A real S3-compatible server (moto in server mode) on a free port of 127.0.0.1, stopped on exit; its endpoint
+    URL. (Tests and the scale-out benchmark use it; moto comes with the `test` extra.)"""
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

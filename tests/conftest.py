@@ -136,30 +136,10 @@ def gone(pid: int, within: float = 15.0) -> bool:
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto in server mode) on 127.0.0.1, for the session; its endpoint URL."""
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
+    from pipeline.testing import moto_server
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.2)
-    yield endpoint
-    server.terminate()
-    server.wait(timeout=30)
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

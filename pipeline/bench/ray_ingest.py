@@ -11,16 +11,15 @@ s3/local ingest chunks/s and search p50 (moto on 127.0.0.1, so the S3 protocol's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 FILES = int(os.environ.get("BENCH_RAY_FILES", "100"))
 ROUNDS = int(os.environ.get("BENCH_RAY_ROUNDS", "2"))
@@ -99,30 +98,16 @@ def _search_p50s(stores: dict[str, str]) -> dict[str, float]:
     return {name: round(statistics.median(values) * 1000, 2) for name, values in times.items()}
 
 
-class _Moto:
-    """A moto S3 server on 127.0.0.1 with one bucket, and the AWS variables pointing at it."""
+@contextlib.contextmanager
+def _bucket() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 with one bucket, and the AWS variables pointing at it; the store prefix."""
+    from pipeline.testing import moto_server
 
-    def __enter__(self) -> str:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        endpoint = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(endpoint, timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+    with moto_server() as endpoint:
         os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
                            "AWS_ENDPOINT_URL": endpoint})
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/bench", method="PUT"), timeout=10).close()
-        return "s3://bench/archive"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.terminate()
-        self.server.wait(timeout=30)
+        yield "s3://bench/archive"
 
 
 def _total(runs: list[dict]) -> dict:
@@ -138,7 +123,7 @@ def run(out_dir: Path) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     docs = corpus(work / "docs")
     cores = available_cores()
-    with _Moto() as bucket:
+    with _bucket() as bucket:
         engines = {
             "local_engine": lambda n: _local_rate(docs, str(work / f"local-{n}"), cores),
             "ray_engine": lambda n: _ray_rate(docs, work / f"ray-{n}", num_cpus=cores, object_store_memory=256 << 20),
