@@ -10,8 +10,10 @@ import json
 import sys
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
@@ -74,6 +76,8 @@ class OnnxEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """One batch of texts -> unit vectors (float32)."""
+        import numpy as np  # here, not at the top: `analyze ingest --help` imports this module for BACKENDS
+
         encodings = self.tokenizer.encode_batch(texts)
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
