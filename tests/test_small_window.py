@@ -318,7 +318,7 @@ def test_the_pressure_alert_restates_the_task_and_is_never_delivered_as_the_answ
 
 
 @pytest.mark.parametrize("first", [json_reply("send_message", {"message": "10,000 psi"}), text_reply("10,000 psi")])
-def test_an_answer_before_any_call_is_refused_once(first):
+def test_an_answer_before_any_search_is_refused(first):
     hits = long_hits(6, answer_at=2)
     client = ScriptedChatClient([first, json_reply(SEARCH, {"query": "impeller nut torque"}),
                                  json_reply("send_message", {"message": "42 Nm", "citations": ["r02"]})])
@@ -327,6 +327,11 @@ def test_an_answer_before_any_call_is_refused_once(first):
     assert result.status == "ok" and result.answer == "42 Nm"
     assert result.steps[0].result.startswith("Failed: not delivered: you have not searched the documents")
     assert "Search first" in last_content(client.requests[1])
-    insisted = ScriptedChatClient([first] * 3)  # refused once only (the grounding check may hold it back once more)
-    assert answer(QUESTION, retriever=FakeRetriever(hits), client=insisted,
-                  settings=Settings(tool_mode="json", response_format="json_object")).answer == "10,000 psi"
+    insisted = ScriptedChatClient([first] * 4)  # a claim made before any search is never delivered
+    refused = answer(QUESTION, retriever=FakeRetriever(hits), client=insisted,
+                     settings=Settings(tool_mode="json", response_format="json_object", max_steps=3))
+    assert refused.status == "error" and refused.answer == ""
+    assert all("you have not searched the documents" in s.result for s in refused.steps)
+    declined = ScriptedChatClient([text_reply("The documents do not say.")] * 2)  # no claim: refused once only
+    assert answer(QUESTION, retriever=FakeRetriever(hits), client=declined,
+                  settings=Settings(tool_mode="json", response_format="json_object")).answer == "The documents do not say."

@@ -16,6 +16,8 @@ from typing import Any, Callable, Protocol
 
 from pipeline.agent.context import Context, echoes_alert
 from pipeline.agent.core_memory import MemoryEditError
+from pipeline.agent.grounding import extract_claims, is_abstention
+from pipeline.agent.guards import repeats_question
 from pipeline.agent.paging import PAGE_SIZE, Ranking, fit_page, normalize_query, page_count, page_window, per_page_for
 from pipeline.types import Hit, SearchResult
 
@@ -215,10 +217,13 @@ class Toolbox:
 
     `room()` is how many tokens one function result may take in the context now. Page sizes are fixed
     from it at the first search of each kind, so page N of a query means the same results all question.
+    `question` is what this run answers (an answer that only repeats it is refused).
     """
 
-    def __init__(self, retriever: Retriever, context: Context, *, room: Callable[[], int], top_k: int = 5) -> None:
+    def __init__(self, retriever: Retriever, context: Context, *, room: Callable[[], int], top_k: int = 5,
+                 question: str = "") -> None:
         self.retriever = retriever
+        self.question = question
         self.context = context
         self.room = room
         self.top_k = top_k
@@ -228,6 +233,7 @@ class Toolbox:
         self.hits_per_page: int | None = None
         self.messages_per_page: int | None = None
         self.urged = False  # an answer before any call was refused once
+        self.searched = False  # an archival search showed a page (or that nothing matched) in this run
         self.calls = 0  # calls made before the current one
         self.failed: set[tuple[str, str]] = set()  # (function, arguments) of the calls that failed
 
@@ -272,6 +278,7 @@ class Toolbox:
             self.archival[key] = Ranking(list(result.hits), result.total, exact=result.total_exact)
         ranking = self.archival[key]
         if not ranking.total:
+            self.searched = True
             return self._nothing(query, "documents", repeated=0 in ranking.shown, ranking=ranking)
         if self.hits_per_page is None:
             costs = [self.context.counter.text("\n".join(hit_entry(0, h))) for h in ranking.items[:self.top_k]]
@@ -290,6 +297,7 @@ class Toolbox:
         window = page_window(ranking.total, chosen.number, per_page, exact=ranking.exact)
         head = f"status: OK\n{chosen.note}{window} for {query!r}. {self._next(ranking, chosen.number, per_page)}"
         text = fit_page(head, entries, "", self.room(), self.context.counter)
+        self.searched = True
         return Outcome(True, text, f"OK: {chosen.note}{window}")
 
     def core_memory_append(self, name: str, content: str) -> Outcome:
@@ -337,15 +345,24 @@ class Toolbox:
                        final=True)
 
     def refusal(self, answer: str) -> str | None:
-        """Why `answer` is not delivered, or None: it repeats a memory alert, or it is the question's very first
-        act, before any call (refused once: small models answer from what they imagine)."""
+        """Why `answer` is not delivered, or None: it repeats a memory alert; it comes before any archival search
+        (small models answer from what they imagine) and asserts a checkable claim, a number or a name (refused
+        every time), or it is the question's very first act (refused once); or it only repeats the question, or
+        asks one."""
         if echoes_alert(answer):
             return f"that repeats the memory alert; it is not an answer and was not delivered. {self.task_line()}"
-        if not (self.calls or self.urged):
+        if (not self.searched and self._claims(answer)) or not (self.calls or self.urged):
             self.urged = True
             return ("not delivered: you have not searched the documents for this question yet. Search first "
                     "(archival_memory_search), then answer only from what you find.")
+        if self.question and repeats_question(answer, self.question):
+            return ("not delivered: your message repeats the question. Answer it, from what you found (or say "
+                    "that the documents do not answer it).")
         return None
+
+    def _claims(self, answer: str) -> bool:
+        """`answer` asserts something checkable: a number, name, date or code (an abstention asserts nothing)."""
+        return not is_abstention(answer) and bool(extract_claims(answer))
 
     # -- paging
 

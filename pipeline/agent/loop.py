@@ -16,7 +16,8 @@ from pipeline.agent import citations
 from pipeline.agent.context import Budget, Context, ContextTooSmall, cut_to_tokens
 from pipeline.agent.core_memory import CoreMemory
 from pipeline.agent.functions import FINAL, Outcome, Retriever, Toolbox, describe_functions, step_format, tool_schemas
-from pipeline.agent.grounding import Grounding, check, explain, look_again_note, strict_abstention
+from pipeline.agent.grounding import Grounding, check, explain, is_abstention, look_again_note, strict_abstention
+from pipeline.agent.guards import closest_sentence
 from pipeline.agent.recall import Recall
 from pipeline.agent.replies import Calls, Empty, Malformed, PlainText, kept_arguments, parse_reply
 from pipeline.agent.session import Session
@@ -113,11 +114,13 @@ class _Run:
         state = self.session.open() if self.session else {}
         self.context = new_context(settings, Recall(self.session.recall_path if self.session else None), log)
         self.context.load(state)
-        self.toolbox = Toolbox(retriever, self.context, room=self._result_room, top_k=settings.top_k)
+        self.toolbox = Toolbox(retriever, self.context, room=self._result_room, top_k=settings.top_k,
+                               question=question)
         self.context.queue_room(*self._request_shape(forced=False))  # fail early on a hopeless window
         self.result = Answer(question=question, answer="")
         self.steps_taken = 0
         self.looked_again = False  # the grounding check's one more look has been given
+        self.reread = False  # an abstention was sent back once to a chunk that matches the question closely
 
     # -- driving
 
@@ -177,10 +180,9 @@ class _Run:
                 self._feed(call, Outcome.failed("not run: send_message already ended the question"), reply, index)
                 continue
             outcome = self.toolbox.call(call.name, call.arguments)
-            if outcome.final and (note := self._look_again(outcome.arguments["message"],
-                                                            outcome.arguments.get("citations") or [], forced)):
-                outcome = Outcome(False, f"status: Failed\nreason: {note}", "held back: unsupported claims",
-                                  outcome.arguments)
+            if outcome.final and (held := self._hold_back(outcome.arguments["message"],
+                                                          outcome.arguments.get("citations") or [], forced)):
+                outcome = Outcome(False, f"status: Failed\nreason: {held[0]}", held[1], outcome.arguments)
             self._feed(call, outcome, reply, index)
             if outcome.final:
                 done = self._deliver(outcome)
@@ -230,8 +232,8 @@ class _Run:
             return False
         self._record(Step("(plain reply)", {}, "answered without send_message",
                           reply.prompt_tokens, reply.completion_tokens))
-        if note := self._look_again(content, [], forced):
-            self.context.append({"role": "user", "content": note})
+        if held := self._hold_back(content, [], forced):
+            self.context.append({"role": "user", "content": held[0]})
             return False
         self.log(f"step {self.steps_taken}: plain-text reply taken as the answer")
         self._finish(content, [])
@@ -240,9 +242,36 @@ class _Run:
     def _ground(self, message: str, cited: list[str]) -> Grounding:
         return check(message, list(self.toolbox.retrieved.values()), question=self.question, cited=cited)
 
-    def _look_again(self, message: str, cited: list[str], forced: bool) -> str | None:
-        """The note that holds back an answer with unsupported claims, once, while a step is left; else None."""
-        if self.looked_again or forced or self.steps_taken >= self.settings.max_steps:
+    def _hold_back(self, message: str, cited: list[str], forced: bool) -> tuple[str, str] | None:
+        """(note for the model, summary) when an answer is held back for one more look while a step is left:
+        an abstention while a shown chunk matches the question closely, or claims in no retrieved chunk."""
+        if forced or self.steps_taken >= self.settings.max_steps:
+            return None
+        if note := self._reread_note(message):
+            return note, "held back: declined while a chunk shown matches the question"
+        if note := self._look_again(message, cited):
+            return note, "held back: unsupported claims"
+        return None
+
+    def _reread_note(self, message: str) -> str | None:
+        """The note that sends an abstention back, once, to the shown sentence that matches the question best."""
+        if self.reread or not is_abstention(message):
+            return None
+        close = closest_sentence(self.question, list(self.toolbox.retrieved.values()))
+        if close is None:
+            return None
+        self.reread = True
+        hit, sentence = close
+        self._record(Step("(abstention check)", {"answer": message, "chunk_id": hit.chunk_id, "sentence": sentence},
+                          "held back: declined while a chunk shown matches the question; one more look"))
+        self.log(f"  abstention check: chunk {hit.chunk_id} matches the question closely: one more look")
+        return (f"[system] Your answer was not delivered. You say the documents do not answer, but chunk_id "
+                f"{hit.chunk_id} ({hit.source}) says: \"{sentence}\" If that answers the question, answer from it "
+                "and cite it; if it does not, send your answer again.")
+
+    def _look_again(self, message: str, cited: list[str]) -> str | None:
+        """The note that holds back an answer with unsupported claims, once; else None."""
+        if self.looked_again:
             return None
         verdict = self._ground(message, cited)
         if verdict.grounded:

@@ -1,0 +1,100 @@
+"""Answers a small model sends that are not answers yet, and the evidence that sends one back for a second look.
+
+- `repeats_question(message, question)`: the message is the question again (its words and no others), or is
+  itself a question. Measured with the 1.5B model: it found the answer, wrote it into `notes`, then sent the
+  question as its message.
+- `closest_sentence(question, hits)`: the sentence of the chunks shown that matches the question closely
+  (most of its words, rarer words weighing more, and no rival of a code the question names), or None.
+  It is shown to a model that says the documents do not answer while such a sentence was in front of it
+  (measured: the answer ranked first, shown whole, and the model declined).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+from pipeline.agent.grounding import normalize
+from pipeline.types import Hit
+
+__all__ = ["CLOSE", "closest_sentence", "repeats_question", "terms"]
+
+CLOSE = 0.5  # share of the question's (rarity-weighted) words a sentence must hold to count as close
+QUOTE_CHARS = 300  # longest sentence quoted back to the model
+
+_STOPWORDS = frozenset("""
+what which when where does with that this from have there their about into they were been many much after before
+should would could than then them your will shall must how who whom whose why within the and for are was did had
+has can may might its our you any all some not nor but also per
+""".split())
+_YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|will|would|should|shall|has|have|had|may|must)\b",
+                     re.IGNORECASE)
+
+
+def _stem(word: str) -> str:
+    """A light stem, the same for `bearing`/`bearings` and `replace`/`replaced`/`replaces`."""
+    def cut(w: str, suffix: str) -> str:
+        return w[:-len(suffix)] if w.endswith(suffix) and len(w) - len(suffix) >= 3 else w
+
+    word = cut(word, "s") if not word.endswith("ss") else word
+    for suffix in ("ing", "ed"):
+        word = cut(word, suffix)
+    return cut(word, "e")
+
+
+def terms(text: str) -> set[str]:
+    """The content words of `text`: casefolded, light suffixes dropped, stopwords and words under 3 letters out."""
+    words = re.findall(r"[^\W_](?:[\w-]*[^\W_])?", normalize(text).casefold())
+    return {_stem(w) for w in words if len(w) > 2 and w not in _STOPWORDS}
+
+
+def repeats_question(message: str, question: str) -> bool:
+    """`message` is a question itself (every sentence ends in `?`), or says nothing the question does not.
+
+    For a yes/no question ("Is the Hydra-7 rated for 42 bar?") restating it is an answer, so there only a
+    message that is itself a question counts.
+    """
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", message.strip()) if s.strip()]
+    if sentences and all(s.rstrip().endswith("?") for s in sentences):
+        return True
+    said = terms(message)
+    return bool(said) and not _YES_NO.match(question) and said <= terms(question)
+
+
+def _shape(term: str) -> str:
+    return re.sub(r"\d+", "#", term)
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.;!?])\s+|\n+", text) if len(s.strip()) > 3]
+
+
+def closest_sentence(question: str, hits: Sequence[Hit], *, close: float = CLOSE) -> tuple[Hit, str] | None:
+    """(hit, sentence): the sentence of `hits` holding the largest share of the question's words, when that share
+    is at least `close`; else None.
+
+    A word counts by its rarity among `hits` (log(1 + n / (1 + chunks holding it))), so the words every
+    chunk shares (the product name, the company) weigh little. A chunk that lacks a code of the question and
+    names another of its shape (`E-117` for `E-204`, `2029` for `2026`, `Hydra-7` for `Hydra-5`) is about
+    something else and is passed over.
+    """
+    asked = terms(question)
+    if len(asked) < 2 or not hits:
+        return None
+    chunk_terms = [terms(f"{hit.heading}\n{hit.text}") for hit in hits]
+    weight = {t: math.log(1 + len(hits) / (1 + sum(t in c for c in chunk_terms))) for t in asked}
+    total = sum(weight.values())
+    codes = {t for t in asked if any(ch.isdigit() for ch in t)}
+    best: tuple[float, Hit, str] | None = None
+    for hit, held in zip(hits, chunk_terms):
+        if any(_shape(t) == _shape(code) for code in codes - held for t in held):
+            continue
+        for sentence in _sentences(hit.text):
+            share = sum(weight[t] for t in asked & terms(sentence)) / total
+            if share >= close and (best is None or share > best[0]):
+                best = (share, hit, sentence)
+    if best is None:
+        return None
+    sentence = best[2] if len(best[2]) <= QUOTE_CHARS else best[2][:QUOTE_CHARS] + " [...]"
+    return best[1], sentence
