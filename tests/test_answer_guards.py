@@ -83,6 +83,8 @@ def test_repeats_question_takes_restatements_and_questions_not_answers():
     assert repeats_question("The lubricant recommended for the Hydra-7 bearings.", question)
     assert repeats_question("Which one? The grease or the oil?", question)
     assert not repeats_question("Norrlube HT-220 is recommended for the Hydra-7 bearings.", question)
+    assert not repeats_question("The Hydra-7 retails for $35.00.", "What is the retail price of the Hydra-7?")
+    assert not repeats_question("Grease.", question)
     assert not repeats_question("The documents do not say which lubricant is recommended.", question)
     assert not repeats_question("Is it grease? Yes: Norrlube HT-220 grease.", question)
     yes_no = "Is the Hydra-7 rated for 42 bar?"

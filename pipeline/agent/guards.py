@@ -44,13 +44,16 @@ def _stem(word: str) -> str:
 
 
 def terms(text: str) -> set[str]:
-    """The content words of `text`: casefolded, light suffixes dropped, stopwords and words under 3 letters out."""
-    words = re.findall(r"[^\W_](?:[\w-]*[^\W_])?", normalize(text).casefold())
-    return {_stem(w) for w in words if len(w) > 2 and w not in _STOPWORDS}
+    """The content words of `text`: numbers (`35.00`), codes (`E-117`) and words of 3 letters or more, casefolded,
+    light suffixes dropped, stopwords out."""
+    words = re.findall(r"\d+(?:[.,]\d+)*|[^\W_](?:[\w-]*[^\W_])?", normalize(text).casefold())
+    return {w if w[0].isdigit() else _stem(w) for w in words
+            if w[0].isdigit() or (len(w) > 2 and w not in _STOPWORDS)}
 
 
 def repeats_question(message: str, question: str) -> bool:
-    """`message` is a question itself (every sentence ends in `?`), or says nothing the question does not.
+    """`message` is a question itself (every sentence ends in `?`), or says nothing the question does not (and
+    at least half of what it does).
 
     For a yes/no question ("Is the Hydra-7 rated for 42 bar?") restating it is an answer, so there only a
     message that is itself a question counts.
@@ -58,8 +61,8 @@ def repeats_question(message: str, question: str) -> bool:
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", message.strip()) if s.strip()]
     if sentences and all(s.rstrip().endswith("?") for s in sentences):
         return True
-    said = terms(message)
-    return bool(said) and not _YES_NO.match(question) and said <= terms(question)
+    said, asked = terms(message), terms(question)
+    return not _YES_NO.match(question) and len(said) >= max(1, len(asked) / 2) and said <= asked
 
 
 def _shape(term: str) -> str:
