@@ -17,7 +17,7 @@ from pipeline.llm import ChatReply
 from pipeline.testing import ScriptedChatClient, json_reply, make_hit, text_reply
 
 SEARCH = "archival_memory_search"
-SEALS = "After how many hours must the seals of the Hydra-7 pump be replaced?"
+SEALS = "After how many hours must the seals of the pump be replaced?"
 HIT = re.compile(r"chunk_id: (\w+) \|[^\n]*\n([^\n]*)")
 
 
@@ -124,14 +124,15 @@ def test_a_decline_with_no_close_chunk_is_delivered_at_once(tiny_archive):
     assert not any(s.function == "(abstention check)" for s in result.steps)
 
 
-def test_closest_sentence_needs_the_questions_codes_and_most_of_its_rarer_words():
-    hits = [make_hit("m1", "Error code E-117 means a blocked suction line. Check the strainer.", page=52),
+def test_closest_sentence_needs_every_code_of_the_question_and_most_of_its_rarer_words():
+    hits = [make_hit("m1", "Error code E-117 means a blocked suction line. Check the strainer.", page=52,
+                     source="hydra-7_service_manual.pdf"),
             make_hit("m2", "The controller display shows the pump state.", page=50),
             make_hit("m3", "The Hydra-7 is rated for 42 bar.", page=9)]
     found = closest_sentence("What does error code E-117 on the Hydra-7 controller mean?", hits)
     assert found is not None and found[0].chunk_id == "m1" and found[1] == "Error code E-117 means a blocked suction line."
-    assert closest_sentence("What does error code E-204 on the Hydra-7 controller mean?", hits) is None  # E-117's
-    assert closest_sentence("What does error code E-117 on the Hydra-5 controller mean?", hits)[0].chunk_id == "m1"
+    assert closest_sentence("What does error code E-204 on the Hydra-7 controller mean?", hits) is None
+    assert closest_sentence("What does error code E-117 on the Hydra-5 controller mean?", hits) is None
     assert closest_sentence("What is the Hydra-5 rated for?", hits) is None  # m3 is the Hydra-7's
     assert closest_sentence("How much does the Hydra-7 weigh in kilograms?", hits) is None
 

@@ -4,7 +4,7 @@
   itself a question. Measured with the 1.5B model: it found the answer, wrote it into `notes`, then sent the
   question as its message.
 - `closest_sentence(question, hits)`: the sentence of the chunks shown that matches the question closely
-  (most of its words, rarer words weighing more, and no rival of a code the question names), or None.
+  (most of its words, rarer words weighing more, every number and code of the question in its chunk), or None.
   It is shown to a model that says the documents do not answer while such a sentence was in front of it
   (measured: the answer ranked first, shown whole, and the model declined).
 """
@@ -20,7 +20,7 @@ from pipeline.types import Hit
 
 __all__ = ["CLOSE", "closest_sentence", "repeats_question", "terms"]
 
-CLOSE = 0.5  # share of the question's (rarity-weighted) words a sentence must hold to count as close
+CLOSE = 0.6  # share of the question's (rarity-weighted) words a sentence must hold to count as close
 QUOTE_CHARS = 300  # longest sentence quoted back to the model
 
 _STOPWORDS = frozenset("""
@@ -65,12 +65,9 @@ def repeats_question(message: str, question: str) -> bool:
     return not _YES_NO.match(question) and len(said) >= max(1, len(asked) / 2) and said <= asked
 
 
-def _shape(term: str) -> str:
-    return re.sub(r"\d+", "#", term)
-
-
 def _sentences(text: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.;!?])\s+|\n+", text) if len(s.strip()) > 3]
+    """Sentences and clauses (`;`) of `text`; a single line break (a PDF's line end) does not end one."""
+    return [" ".join(s.split()) for s in re.split(r"(?<=[.;!?])\s+|\n\s*\n", text) if len(s.strip()) > 3]
 
 
 def closest_sentence(question: str, hits: Sequence[Hit], *, close: float = CLOSE) -> tuple[Hit, str] | None:
@@ -78,20 +75,20 @@ def closest_sentence(question: str, hits: Sequence[Hit], *, close: float = CLOSE
     is at least `close`; else None.
 
     A word counts by its rarity among `hits` (log(1 + n / (1 + chunks holding it))), so the words every
-    chunk shares (the product name, the company) weigh little. A chunk that lacks a code of the question and
-    names another of its shape (`E-117` for `E-204`, `2029` for `2026`, `Hydra-7` for `Hydra-5`) is about
-    something else and is passed over.
+    chunk shares (the product name, the company) weigh little. A chunk (text, heading and source name) that
+    lacks a number or code of the question (`E-204`, `2026`, `Hydra-5`) is about something else and is passed
+    over: a near miss is never pushed on the model.
     """
     asked = terms(question)
     if len(asked) < 2 or not hits:
         return None
-    chunk_terms = [terms(f"{hit.heading}\n{hit.text}") for hit in hits]
+    chunk_terms = [terms(f"{hit.source.replace('_', ' ')}\n{hit.heading}\n{hit.text}") for hit in hits]
     weight = {t: math.log(1 + len(hits) / (1 + sum(t in c for c in chunk_terms))) for t in asked}
     total = sum(weight.values())
     codes = {t for t in asked if any(ch.isdigit() for ch in t)}
     best: tuple[float, Hit, str] | None = None
     for hit, held in zip(hits, chunk_terms):
-        if any(_shape(t) == _shape(code) for code in codes - held for t in held):
+        if not codes <= held:
             continue
         for sentence in _sentences(hit.text):
             share = sum(weight[t] for t in asked & terms(sentence)) / total
