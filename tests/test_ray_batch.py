@@ -25,7 +25,8 @@ ROOT = Path(__file__).parent.parent
 
 
 class Echo:
-    """An endpoint handler: answers each question with itself, fails those in `fail`, notes when each came."""
+    """An endpoint handler: searches, then answers each question with itself, fails those in `fail`, notes when
+    each request came."""
 
     def __init__(self, fail: set[str]) -> None:
         self.fail, self.asked, self.times, self.lock = set(fail), [], [], threading.Lock()
@@ -38,6 +39,8 @@ class Echo:
             self.times.append(time.monotonic())
         if question in self.fail:
             return Fault(400, {"error": {"message": "bad request", "type": "invalid_request_error"}})
+        if not any(m["role"] == "tool" and str(m.get("content")).startswith("status: OK") for m in request["messages"]):
+            return tool_reply("archival_memory_search", {"query": question})
         return tool_reply("send_message", {"message": f"echo: {question}", "citations": []})
 
 

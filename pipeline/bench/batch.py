@@ -54,13 +54,16 @@ def the_question(request: dict[str, Any]) -> str:
 
 
 def expected_answer(question: str) -> str:
-    return f"answer to: {question}"
+    """The scripted model's answer: names the question without asking it (a message that is itself a question
+    is not delivered)."""
+    return f"answer to: {question.rstrip('?')}"
 
 
 def two_step(request: dict[str, Any]) -> ChatReply:
-    """The scripted model: search for the question, then answer it once a function result is in the context."""
+    """The scripted model: search for the question, then answer it once a search result is in the context (a
+    failed call, such as an injected malformed one, is no search: an answer before one is not delivered)."""
     question = the_question(request)
-    if any(m["role"] == "tool" for m in request["messages"]):
+    if any(m["role"] == "tool" and str(m.get("content")).startswith("status: OK") for m in request["messages"]):
         return tool_reply("send_message", {"message": expected_answer(question), "citations": []})
     return tool_reply("archival_memory_search", {"query": question, "request_heartbeat": True})
 
