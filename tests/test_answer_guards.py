@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pipeline.agent.citations import repaired
 from pipeline.agent.guards import closest_sentence, repeats_question
 from pipeline.agent.loop import answer
 from pipeline.config import Settings
@@ -40,26 +41,54 @@ def answer_from_results(request: dict[str, Any]) -> ChatReply:
     return json_reply("send_message", {"message": "Replace the seals every 500 hours.", "citations": [cid]})
 
 
-def test_an_invented_answer_is_never_delivered_before_a_search_even_after_other_calls(tiny_archive):
+def test_an_answer_before_any_search_gets_the_search_the_system_runs_for_it(tiny_archive):
+    """q06/q07 (session 11): told to search first, the model sent its invented answer 12 times and never searched.
+    Now the system runs the search itself, once, and the model answers from the page it is shown."""
     invented = json_reply("send_message", {"message": "The seals must be replaced after 50 operating hours.",
                                            "citations": ["1"]})
     note = json_reply("core_memory_append", {"name": "notes", "content": "Seals: 50 operating hours, chunk 1234567890"})
-    client = ScriptedChatClient([note, invented, note, invented,
-                                 json_reply(SEARCH, {"query": "seals replaced hours"}), answer_from_results])
+    client = ScriptedChatClient([note, invented, answer_from_results])
     result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
     assert result.status == "ok" and result.answer == "Replace the seals every 500 hours."
     assert result.grounded and [c.source for c in result.citations] == ["manual.pdf"]
-    refused = [s.result for s in result.steps if s.function == "send_message"][:2]
-    assert len(refused) == 2 and all("not delivered: you have not searched the documents" in r for r in refused)
-    assert "Search first" in shown(client.requests[2]) and "Search first" in shown(client.requests[4])
+    faulted = next(s for s in result.steps if s.function == "send_message")
+    assert faulted.result.startswith(f"Failed: not delivered: no search yet; the system ran "
+                                     f"archival_memory_search({SEALS!r}): OK: Results 1-")
+    page = shown(client.requests[2])
+    assert page.startswith("[function result: send_message]\nstatus: Failed\nreason: not delivered: you had not "
+                           "searched the documents")
+    assert f"the system ran archival_memory_search(query={SEALS!r}) for you" in page
+    assert "every 500 hours" in page and "chunk_id: " in page  # the page itself, as a search shows it
 
 
-def test_an_abstention_before_a_search_is_refused_once_then_delivered(tiny_archive):
-    declined = json_reply("send_message", {"message": "The documents do not answer this."})
-    note = json_reply("core_memory_append", {"name": "notes", "content": "nothing yet"})
-    client = ScriptedChatClient([declined, note, declined])
+def test_the_system_searches_once_and_its_page_counts_as_seen(tiny_archive):
+    invented = json_reply("send_message", {"message": "The seals must be replaced after 50 operating hours."})
+    client = ScriptedChatClient([invented, json_reply(SEARCH, {"query": SEALS}), invented, invented])
     result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
+    searched = [s.result for s in result.steps if s.function == SEARCH]
+    assert searched[0].startswith(f"Failed: you have already seen every page of {SEALS!r} (page=0 to page=0")
+    system_ran = [r for r in client.requests if "the system ran archival_memory_search" in str(r["messages"])]
+    assert len(system_ran) == len(client.requests) - 1  # once, in the first result; every later request keeps it
+    assert result.status == "ok" and result.grounded is False and "50" in " ".join(result.unsupported)
+
+
+def test_an_abstention_before_a_search_gets_the_search_too(tiny_archive):
+    declined = json_reply("send_message", {"message": "The documents do not answer this."})
+    price = "What is the retail price of the Hydra-7 pump in US dollars?"
+    client = ScriptedChatClient([declined, declined])
+    result = answer(price, retriever=tiny_archive, client=client, settings=settings())
     assert result.status == "ok" and result.answer == "The documents do not answer this."
+    assert result.steps[0].result.startswith("Failed: not delivered: no search yet; the system ran")
+    assert "chunk_id: " in shown(client.requests[1])
+
+
+def test_a_plain_text_answer_before_any_search_gets_the_search_in_its_system_note(tiny_archive):
+    client = ScriptedChatClient([text_reply("Every 50 hours."), answer_from_results])
+    result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
+    assert result.status == "ok" and result.answer == "Replace the seals every 500 hours." and result.grounded
+    note = shown(client.requests[1])
+    assert note.startswith("[system] status: Failed\nreason: not delivered: you had not searched")
+    assert "every 500 hours" in note
 
 
 def test_a_message_that_repeats_the_question_is_sent_back(tiny_archive):
@@ -152,3 +181,49 @@ def test_cited_chunk_ids_are_kept_however_the_model_wraps_them(tiny_archive):
                                      cite(forms, message or "Replace the seals every 500 hours.")])
         result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
         assert [(c.source, c.inferred) for c in result.citations] == [("manual.pdf", False)], forms
+
+
+def test_a_mangled_chunk_id_counts_for_the_one_retrieved_chunk_it_can_stand_for(tiny_archive):
+    """The demo's 1.5B model cited `ddf53f1d9153075a7e3` for `ddfd53f1d9153075a7e3` and `70e30aeef72e0c6f22db` for
+    `30e30aeef72e0c6f22db`: one character dropped, one changed."""
+    def cite(mangle):
+        def reply(request: dict[str, Any]) -> ChatReply:
+            cid = hit_holding(shown(request), "500 hours")
+            return json_reply("send_message", {"message": "Replace the seals every 500 hours.",
+                                               "citations": [mangle(cid)]})
+        return reply
+
+    for mangle, kept in [(lambda c: c[:3] + c[4:], True), (lambda c: ("1" if c[0] != "1" else "2") + c[1:], True),
+                         (lambda c: c[:12], True), (lambda c: f"chunk_id: {c[:-1]} | source: manual.pdf", True),
+                         (lambda c: c[:11], False), (lambda c: c[:8] + "zz" + c[10:], False)]:
+        client = ScriptedChatClient([json_reply(SEARCH, {"query": "seals replaced hours"}), cite(mangle)])
+        result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
+        checks = {k for s in result.steps if s.function == "(citation check)" for k in s.arguments}
+        assert ([(c.source, c.inferred) for c in result.citations] == [("manual.pdf", False)]) == kept
+        assert checks == ({"mended"} if kept else {"dropped"})
+
+
+def test_a_mangled_id_that_could_stand_for_two_chunks_is_not_taken():
+    known = {cid: make_hit(cid, "text") for cid in ("ab12cd34ef56aa7890bb", "ab12cd34ef56aa7890cc", "ffff0000eeee1111dddd")}
+    assert repaired("ab12cd34ef56aa78", known) is None  # a prefix of both
+    assert repaired("ab12cd34ef56aa7890bc", known) is None  # one edit from both
+    assert repaired("ab12cd34ef56aa7890b", known) == "ab12cd34ef56aa7890bb"
+    assert repaired("ffff0000eeee", known) == "ffff0000eeee1111dddd"
+    assert repaired("ffff0000eeee1111dddd", known) is None  # an exact id is not mangled: ids_in takes it
+
+
+def test_an_unsupported_answer_is_shown_the_closest_sentence_it_was_shown(tiny_archive):
+    """q09 (session 11): an invented date held back, then sent again unchanged; the note now quotes the sentence
+    of the retrieved chunks that matches the question best, with its chunk id."""
+    def corrected(request: dict[str, Any]) -> ChatReply:
+        note = shown(request)
+        assert "50 hours" in note and "appears in none of the chunks you retrieved" in note
+        cid = re.search(r"The closest sentence you were shown, chunk_id (\w+) \(manual\.pdf\)", note).group(1)
+        assert "every 500 hours" in note.split("The closest sentence you were shown")[1]
+        return json_reply("send_message", {"message": "Replace the seals every 500 hours.", "citations": [cid]})
+
+    client = ScriptedChatClient([json_reply(SEARCH, {"query": "Hydra-7 pump seals replaced hours"}),
+                                 json_reply("send_message", {"message": "Replace the seals every 50 hours."}),
+                                 corrected])
+    result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
+    assert result.status == "ok" and result.answer == "Replace the seals every 500 hours." and result.grounded

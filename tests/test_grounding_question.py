@@ -299,3 +299,19 @@ def test_the_benchmark_rechecks_recorded_runs_against_the_chunks_they_were_shown
     assert judged["grounded"] is False and judged["unsupported"] == ["42 bar"]
     assert judged["mismatched"] == {"42 bar": '"42 bar" is a pressure, but the question asks for a mass'}
     assert summarize([record])["strict"]["abstained"] == 0 and summarize([judged])["strict"]["abstained"] == 1
+
+
+def test_the_benchmark_finds_again_the_page_of_a_search_the_system_ran(demo_archive):
+    """An answer before any search gets the system's search (its page 0); `shown_chunks` finds that page again from
+    the step's record, so a recheck judges the answer against what the model was really shown."""
+    from pipeline.bench.grounding import shown_chunks
+
+    fact = next(f for f in FACTS if f.id == "q07")  # "Norrvik Hydraulics' revenue": a quote inside the query's repr
+    client = ScriptedChatClient([tool_reply("send_message", {"message": "Revenue was 1,234,567.89 euros."}),
+                                 tool_reply("send_message", {"message": "The documents do not answer it."})])
+    result = answer(fact.question, retriever=demo_archive, client=client, settings=Settings(context_window=8192))
+    steps = [{"function": s.function, "arguments": s.arguments, "result": s.result} for s in result.steps]
+    assert "the system ran archival_memory_search(" in steps[0]["result"]
+    ranked = demo_archive.search(fact.question, mode="hybrid", top_k=50).hits
+    shown = [h.chunk_id for h in shown_chunks({"steps": steps}, demo_archive)]
+    assert shown and shown == [h.chunk_id for h in ranked[:len(shown)]]

@@ -232,7 +232,6 @@ class Toolbox:
         self.recall: dict[str, Ranking[int]] = {}  # normalized query -> indices into recall storage
         self.hits_per_page: int | None = None
         self.messages_per_page: int | None = None
-        self.urged = False  # an answer before any call was refused once
         self.searched = False  # an archival search showed a page (or that nothing matched) in this run
         self.calls = 0  # calls made before the current one
         self.failed: set[tuple[str, str]] = set()  # (function, arguments) of the calls that failed
@@ -272,6 +271,10 @@ class Toolbox:
     # -- the functions; their model-facing descriptions are in SPECS
 
     def archival_memory_search(self, query: str, page: int = 0) -> Outcome:
+        return self._archival(query, page)
+
+    def _archival(self, query: str, page: int, status: str = "status: OK\n") -> Outcome:
+        """A page of `query`'s ranking, its header led by `status` (the line a search the system ran says why)."""
         key = normalize_query(query)
         if key not in self.archival:
             result = self.retriever.search(query, mode="hybrid", top_k=RANKED, page=0)
@@ -279,7 +282,7 @@ class Toolbox:
         ranking = self.archival[key]
         if not ranking.total:
             self.searched = True
-            return self._nothing(query, "documents", repeated=0 in ranking.shown, ranking=ranking)
+            return self._nothing(query, "documents", repeated=0 in ranking.shown, ranking=ranking, status=status)
         if self.hits_per_page is None:
             costs = [self.context.counter.text("\n".join(hit_entry(0, h))) for h in ranking.items[:self.top_k]]
             self.hits_per_page = per_page_for(self.room() - HEAD_TOKENS, costs, preferred=self.top_k)
@@ -295,7 +298,7 @@ class Toolbox:
         for hit in hits:
             self.retrieved[hit.chunk_id] = hit
         window = page_window(ranking.total, chosen.number, per_page, exact=ranking.exact)
-        head = f"status: OK\n{chosen.note}{window} for {query!r}. {self._next(ranking, chosen.number, per_page)}"
+        head = f"{status}{chosen.note}{window} for {query!r}. {self._next(ranking, chosen.number, per_page)}"
         text = fit_page(head, entries, "", self.room(), self.context.counter)
         self.searched = True
         return Outcome(True, text, f"OK: {chosen.note}{window}")
@@ -339,26 +342,39 @@ class Toolbox:
                        f"OK: {chosen.note}{window}")
 
     def send_message(self, message: str, citations: list[str] | None = None) -> Outcome:
-        if reason := self.refusal(message):
-            return Outcome.failed(reason)
-        return Outcome(True, "status: OK\nMessage delivered.", f"answered ({len(citations or [])} citations)",
-                       final=True)
+        return self.refusal(message) or Outcome(True, "status: OK\nMessage delivered.",
+                                                f"answered ({len(citations or [])} citations)", final=True)
 
-    def refusal(self, answer: str) -> str | None:
-        """Why `answer` is not delivered, or None: it repeats a memory alert; it comes before any archival search
-        (small models answer from what they imagine) and asserts a checkable claim, a number or a name (refused
-        every time), or it is the question's very first act (refused once); or it only repeats the question, or
-        asks one."""
+    def refusal(self, answer: str) -> Outcome | None:
+        """Why `answer` is not delivered (a failed outcome: the text the model reads), or None: it repeats a memory
+        alert; it comes before any archival search and asserts a checkable claim, a number or a name, or it is the
+        question's very first act (small models answer from what they imagine and, measured, do not search when
+        told to: the system runs that search itself, `fault_in`); or it only repeats the question, or asks one."""
         if echoes_alert(answer):
-            return f"that repeats the memory alert; it is not an answer and was not delivered. {self.task_line()}"
-        if (not self.searched and self._claims(answer)) or not (self.calls or self.urged):
-            self.urged = True
-            return ("not delivered: you have not searched the documents for this question yet. Search first "
-                    "(archival_memory_search), then answer only from what you find.")
+            return Outcome.failed(f"that repeats the memory alert; it is not an answer and was not delivered. "
+                                  f"{self.task_line()}")
+        if not self.searched and (self._claims(answer) or not self.calls):
+            return self.fault_in()
         if self.question and repeats_question(answer, self.question):
-            return ("not delivered: your message repeats the question. Answer it, from what you found (or say "
-                    "that the documents do not answer it).")
+            return Outcome.failed("not delivered: your message repeats the question. Answer it, from what you "
+                                  "found (or say that the documents do not answer it).")
         return None
+
+    def fault_in(self) -> Outcome:
+        """Like a page-fault handler, the search an answer before any search skipped, run by the system with the
+        question's words: its page 0 is the result the model reads (every hit shown counts as retrieved)."""
+        query = " ".join(self.question.split()) or self._task()
+        reason = ("not delivered: you had not searched the documents for this question yet, so the system ran "
+                  f"archival_memory_search(query={query!r}) for you; its results follow. Answer only from them "
+                  "(cite their chunk ids), search with other words, or say that the documents do not answer it.")
+        summary = f"Failed: not delivered: no search yet; the system ran archival_memory_search({query!r})"
+        try:
+            page = self._archival(query, 0, status=f"status: Failed\nreason: {reason}\n")
+        except Exception as exc:  # a failing archive: the model is told to search itself, as before
+            return Outcome.failed(f"not delivered: you have not searched the documents for this question yet, and "
+                                  f"the system's search failed ({type(exc).__name__}: {exc}). Search first "
+                                  "(archival_memory_search), then answer only from what you find.")
+        return Outcome(False, page.text, f"{summary}: {page.summary}")
 
     def _claims(self, answer: str) -> bool:
         """`answer` asserts something checkable: a number, name, date or code (an abstention asserts nothing)."""
@@ -399,11 +415,12 @@ class Toolbox:
         return (f"Next: page={page + 1}." if page + 1 < page_count(ranking.total, per_page)
                 else "This is the last page.")
 
-    def _nothing(self, query: str, what: str, *, repeated: bool, ranking: Ranking[Any]) -> Outcome:
+    def _nothing(self, query: str, what: str, *, repeated: bool, ranking: Ranking[Any],
+                 status: str = "status: OK\n") -> Outcome:
         ranking.shown.add(0)
         if repeated:
             return Outcome.failed(f"you already searched for {query!r} and no {what} matched. {self._other_words()}")
-        return Outcome(True, f"status: OK\nNo {what} match {query!r}. {self._other_words()}", "OK: no results")
+        return Outcome(True, f"{status}No {what} match {query!r}. {self._other_words()}", "OK: no results")
 
     def _task(self) -> str:
         return self.context.core.blocks["task"].value if "task" in self.context.core.blocks else ""

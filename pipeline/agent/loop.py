@@ -225,10 +225,11 @@ class _Run:
     def _plain_answer(self, reply: ChatReply, *, forced: bool) -> bool:
         content = (reply.content or "").strip()
         self.context.append({"role": "assistant", "content": content})
-        if reason := self.toolbox.refusal(content):
-            self.context.append({"role": "user", "content": f"[system] {reason}"})
-            self._record(Step("(plain reply)", {}, f"Failed: {reason}", reply.prompt_tokens, reply.completion_tokens))
-            self.log(f"step {self.steps_taken}: plain-text reply not taken as the answer: {reason}")
+        if refused := self.toolbox.refusal(content):
+            text = cut_to_tokens(refused.text, self._result_room(), self.context.counter)
+            self.context.append({"role": "user", "content": f"[system] {text}"})
+            self._record(Step("(plain reply)", {}, refused.summary, reply.prompt_tokens, reply.completion_tokens))
+            self.log(f"step {self.steps_taken}: plain-text reply not taken as the answer: {refused.summary}")
             return False
         self._record(Step("(plain reply)", {}, "answered without send_message",
                           reply.prompt_tokens, reply.completion_tokens))
@@ -282,7 +283,10 @@ class _Run:
         self._record(Step("(grounding check)", {**held, "mismatched": verdict.reasons} if verdict.reasons else held,
                           summary))
         self.log(f"  grounding: {explain(verdict.unsupported, verdict.reasons)}: one more look")
-        return look_again_note(verdict.unsupported, verdict.reasons)
+        note = look_again_note(verdict.unsupported, verdict.reasons)
+        if close := closest_sentence(self.question, list(self.toolbox.retrieved.values())):
+            note += f" The closest sentence you were shown, chunk_id {close[0].chunk_id} ({close[0].source}): \"{close[1]}\""
+        return note
 
     def _finish(self, message: str, cited: list[str]) -> None:
         """Record the answer with its grounding; citations inferred when none; --strict declines if ungrounded."""
@@ -301,7 +305,11 @@ class _Run:
 
     def _citations(self, message: str, cited: list[str]) -> list[Citation]:
         """Citations to chunks really retrieved, found wherever their ids appear; other strings flagged."""
-        kept, dropped = citations.check(message, cited, self.toolbox.retrieved)
+        kept, dropped, mended = citations.check(message, cited, self.toolbox.retrieved)
+        if mended:
+            note = f"took {len(mended)} mangled citation(s) for the one retrieved chunk each can stand for"
+            self._record(Step("(citation check)", {"mended": mended}, note))
+            self.log(f"  {note}: {', '.join(f'{k} -> {v}' for k, v in mended.items())}")
         if dropped:
             note = f"dropped {len(dropped)} citation(s) naming no chunk retrieved in this run: {', '.join(dropped)}"
             self._record(Step("(citation check)", {"dropped": dropped}, note))

@@ -44,6 +44,7 @@ INVENTED = {
 OFF_QUESTION = {"q13": "The Hydra-7 pump weighs 42 bar.", "q17": "The rated motor power is 42 bar at up to 80 degrees.",
                 "q20": INVENTED["q20"]}
 PAGE_SHOWN = re.compile(r"Results (\d+)-(\d+) of")
+SYSTEM_SEARCH = re.compile(r"""the system ran archival_memory_search\((['"])(.*?)\1\)""")  # an answer before any search
 
 
 def mechanical(archive: Any) -> dict[str, Any]:
@@ -106,16 +107,19 @@ def _strict_answer(record: dict[str, Any]) -> str:
 
 def shown_chunks(record: dict[str, Any], archive: Any) -> list[Any]:
     """The chunks a recorded run showed the model, found again in `archive` (the store the run used): the page of
-    each search that succeeded, by its query and the `Results A-B` its result names, as the agent ranks them."""
+    each search that succeeded (the model's, or the one the system ran for an answer before any search), by its
+    query and the `Results A-B` its result names, as the agent ranks them."""
     from pipeline.agent.functions import RANKED
 
     shown: dict[str, Any] = {}
     for step in record.get("steps") or []:
-        page = PAGE_SHOWN.search(str(step.get("result") or "")) if step.get("function") == "archival_memory_search" \
-            else None
+        result = str(step.get("result") or "")
+        query = (step.get("arguments") or {}).get("query") if step.get("function") == "archival_memory_search" \
+            else (ran.group(2) if (ran := SYSTEM_SEARCH.search(result)) else None)
+        page = PAGE_SHOWN.search(result) if query else None
         if page:
             first, last = int(page.group(1)), int(page.group(2))
-            hits = archive.search(step["arguments"]["query"], mode="hybrid", top_k=max(RANKED, last), page=0).hits
+            hits = archive.search(query, mode="hybrid", top_k=max(RANKED, last), page=0).hits
             shown.update((hit.chunk_id, hit) for hit in hits[first - 1:last])
     return list(shown.values())
 
