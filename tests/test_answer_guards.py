@@ -227,3 +227,18 @@ def test_an_unsupported_answer_is_shown_the_closest_sentence_it_was_shown(tiny_a
                                  corrected])
     result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
     assert result.status == "ok" and result.answer == "Replace the seals every 500 hours." and result.grounded
+
+
+def test_a_call_cut_off_at_the_reply_limit_is_told_so(tiny_archive):
+    """q04/q09 (session 11): a note written past the 320-token reply reserve came back as 'Unterminated string'."""
+    cut = '{"function": "core_memory_append", "arguments": {"name": "notes", "content": "The seals are replaced'
+    client = ScriptedChatClient([json_reply(SEARCH, {"query": "seals replaced hours"}),
+                                 ChatReply(content=cut, completion_tokens=320, finish_reason="length"),
+                                 ChatReply(content=cut + " every", finish_reason="stop"),
+                                 json_reply("send_message", {"message": "Replace the seals every 500 hours."})])
+    result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
+    assert result.status == "ok" and result.answer == "Replace the seals every 500 hours."
+    told = [s.result for s in result.steps if s.function == "(malformed reply)"]
+    assert told[0].startswith("Failed: your reply was cut off at the 320-token limit before its JSON ended")
+    assert "cut off" not in told[1] and "not a valid function call" in told[1]  # an unfinished reply that was not cut
+    assert "send a shorter call" in shown(client.requests[2])

@@ -165,11 +165,15 @@ class _Run:
             self._record(Step("(empty reply)", {}, "Failed: empty reply", reply.prompt_tokens, reply.completion_tokens))
             return False
         if isinstance(parsed, Malformed):
+            reason = parsed.reason
+            if reply.finish_reason == "length":  # measured: the 1.5B model's long notes ran past the reply reserve
+                reason = (f"your reply was cut off at the {self.context.budget.reply}-token limit before its JSON "
+                          "ended; send a shorter call (a note is one or two sentences: the fact and its chunk id)")
             self.context.append({"role": "assistant", "content": reply.content})
-            self.context.append({"role": "user", "content": f"[function result]\n{Outcome.failed(parsed.reason).text}"})
-            self._record(Step("(malformed reply)", {"raw": parsed.raw[:200]}, f"Failed: {parsed.reason}",
+            self.context.append({"role": "user", "content": f"[function result]\n{Outcome.failed(reason).text}"})
+            self._record(Step("(malformed reply)", {"raw": parsed.raw[:200]}, f"Failed: {reason}",
                               reply.prompt_tokens, reply.completion_tokens))
-            self.log(f"step {self.steps_taken}: malformed reply -> {parsed.reason}")
+            self.log(f"step {self.steps_taken}: malformed reply -> {reason}")
             return False
         if isinstance(parsed, PlainText):
             return self._plain_answer(reply, forced=forced)
