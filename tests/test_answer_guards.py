@@ -193,8 +193,13 @@ def test_a_mangled_chunk_id_counts_for_the_one_retrieved_chunk_it_can_stand_for(
                                                "citations": [mangle(cid)]})
         return reply
 
+    def swapped(cid: str) -> str:  # two neighbouring characters that differ, swapped
+        i = next(i for i in range(2, len(cid) - 1) if cid[i] != cid[i + 1])
+        return cid[:i] + cid[i + 1] + cid[i] + cid[i + 2:]
+
     for mangle, kept in [(lambda c: c[:3] + c[4:], True), (lambda c: ("1" if c[0] != "1" else "2") + c[1:], True),
                          (lambda c: c[:12], True), (lambda c: f"chunk_id: {c[:-1]} | source: manual.pdf", True),
+                         (swapped, True),
                          (lambda c: c[:11], False), (lambda c: c[:8] + "zz" + c[10:], False)]:
         client = ScriptedChatClient([json_reply(SEARCH, {"query": "seals replaced hours"}), cite(mangle)])
         result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
@@ -210,6 +215,7 @@ def test_a_mangled_id_that_could_stand_for_two_chunks_is_not_taken():
     assert repaired("ab12cd34ef56aa7890b", known) == "ab12cd34ef56aa7890bb"
     assert repaired("ffff0000eeee", known) == "ffff0000eeee1111dddd"
     assert repaired("ffff0000eeee1111dddd", known) is None  # an exact id is not mangled: ids_in takes it
+    assert repaired("ffff0000eeee1111dddd"[::-1], known) is None  # many characters moved: another id
 
 
 def test_an_unsupported_answer_is_shown_the_closest_sentence_it_was_shown(tiny_archive):

@@ -331,3 +331,19 @@ def test_an_answer_before_any_search_is_not_delivered_and_the_system_searches(fi
     kept = answer(QUESTION, retriever=FakeRetriever(hits), client=insisted,
                   settings=Settings(tool_mode="json", response_format="json_object", max_steps=3))
     assert kept.status == "ok" and kept.grounded is False and kept.unsupported == ["10,000 psi"]
+
+def test_a_first_request_for_a_later_page_shows_page_0_first():
+    """The 1.5B model asked for page=1 of a new query (q06, q07 at 8192, session 12) and answered from hits 6-10,
+    never seeing the answer ranked first; page 0 comes first now, and the page asked for when asked again."""
+    hits = long_hits(12, answer_at=1)
+    query = {"query": "pump manual section impeller nut torque", "page": 1}
+    client = ScriptedChatClient([json_reply(SEARCH, query), json_reply(SEARCH, query),
+                                 json_reply("send_message", {"message": "42 Nm", "citations": ["r01"]})])
+    result = answer(QUESTION, retriever=FakeRetriever(hits), client=client,
+                    settings=Settings(context_window=8192, tool_mode="json", response_format="json_object"))
+    first, second = last_content(client.requests[1]), last_content(client.requests[2])
+    assert first.startswith("[function result: archival_memory_search]\nstatus: OK\nYou asked for page=1, but no page "
+                            "of this search was shown yet: here is page=0")
+    assert "(page=0 of" in first and "chunk_id: r01" in first
+    assert "(page=1 of" in second and "You asked" not in second and "chunk_id: r01" not in second
+    assert result.status == "ok" and result.grounded and [c.chunk_id for c in result.citations] == ["r01"]

@@ -2,8 +2,9 @@
 model sent (small models often cite a whole hit header, `chunk_id: ba1b... | source: R-admin.pdf | page: 61`), and
 an id the model mangled counts when it can stand for one retrieved chunk only: a prefix of at least
 `PREFIX_CHARS` characters of one retrieved id (`ddf53f1d9153075a7e3`, the 20-character id cut short), or, at
-`NEAR_CHARS` characters or more, one character changed, added or dropped (`70e30aeef72e0c6f22db` for
-`30e30aeef72e0c6f22db`: the 1.5B model's citations in the demo)."""
+`NEAR_CHARS` characters or more, one character changed, added or dropped, or two neighbours swapped
+(`70e30aeef72e0c6f22db` for `30e30aeef72e0c6f22db`, `dddf53f1d9153075a7e3` for `ddfd53f1d9153075a7e3`: the 1.5B
+model's citations in the demo)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ def ids_in(text: str, known: dict[str, Hit]) -> list[str]:
 
 
 def _one_edit(a: str, b: str) -> bool:
-    """`a` and `b` differ by exactly one character changed, added or dropped."""
+    """`a` and `b` differ by exactly one character changed, added or dropped, or two neighbours swapped."""
     if abs(len(a) - len(b)) > 1 or a == b:
         return False
     if len(a) == len(b):
-        return sum(x != y for x, y in zip(a, b)) == 1
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
     short, long = sorted((a, b), key=len)
     cut = next((i for i, (x, y) in enumerate(zip(short, long)) if x != y), len(short))
     return short[cut:] == long[cut + 1:]
