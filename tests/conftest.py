@@ -18,13 +18,19 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(scope="session")
+def _session_model_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("model-cache")
+
+
 @pytest.fixture(scope="module")
-def model_cache(tmp_path_factory):
-    """A model cache for one test module's ONNX exports (children inherit it). Not for the whole session: the
-    local-LLM tests find the assembled GGUF model in the user's cache."""
+def model_cache(_session_model_cache):
+    """A model cache for the ONNX exports, set for one test module at a time (children inherit it), not for the
+    whole session: the local-LLM tests find the assembled GGUF model in the user's cache. The directory is the
+    session's, so a module reuses what an earlier one exported (a test of exporting passes its own cache_dir)."""
     import os
 
-    path = tmp_path_factory.mktemp("model-cache")
+    path = _session_model_cache
     before = os.environ.get("ANALYZE_MODEL_CACHE")
     os.environ["ANALYZE_MODEL_CACHE"] = str(path)
     yield path

@@ -134,19 +134,27 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.fixture(scope="module")
+def killed_corpus(tmp_path_factory, embedder) -> tuple[Path, Path]:
+    """(corpus, clean store): the tiny corpus and an 8-page PDF, and the store one clean run of it leaves; the
+    SIGKILL tests below read both, and each kills its own ingest into a store of its own."""
+    corpus = write_tiny_corpus(tmp_path_factory.mktemp("killed") / "corpus")
+    write_pdf(corpus / "long.pdf", [f"Page {i} describes valve {i} and its torque of {i * 3} Nm." for i in range(1, 9)])
+    clean = Settings.from_env(store=corpus.parent / "clean")
+    ingest_directory(corpus, clean, progress=False, embedder=embedder)
+    return corpus, clean.store
+
+
 @pytest.mark.parametrize("fault, workers", [
     ("store.write.added@3", 1),  # inside the real Archive.write: chunks landed, their document rows did not
     ("store.write.deleted@3", 1),  # old chunks of a document deleted, its new ones not yet added
     ("store.write@5", 1),  # between two writes
     ("store.write.added@4", 2),  # with embedding workers running
 ])
-def test_sigkill_then_rerun_equals_a_clean_run(corpus, tmp_path, embedder, fault, workers):
+def test_sigkill_then_rerun_equals_a_clean_run(killed_corpus, tmp_path, embedder, fault, workers):
     """Killed at a fault point inside the real write path, the rerun (which must not find the dead writer's
     lock held) leaves exactly what a clean run leaves; the embedding workers die with the killed process."""
-    write_pdf(corpus / "long.pdf", [f"Page {i} describes valve {i} and its torque of {i * 3} Nm." for i in range(1, 9)])
-    clean = Settings.from_env(store=tmp_path / "clean")
-    ingest_directory(corpus, clean, progress=False, embedder=embedder)
-
+    corpus, clean_store = killed_corpus
     crashed = tmp_path / "crashed"
     env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent), "PAGEFAULT_FAULT": f"{fault}=kill"}
     proc = subprocess.run([sys.executable, "-c", KILLER, str(corpus), str(crashed), str(workers)],
@@ -159,9 +167,9 @@ def test_sigkill_then_rerun_equals_a_clean_run(corpus, tmp_path, embedder, fault
     assert len(workers_pids) == (workers if workers > 1 else 0)
     assert all(gone(pid, within=20) for pid in workers_pids), "embedding workers outlived their killed parent"
     assert f'"pid": {pid}' in (crashed / ".pagefault.lock").read_text()  # it held the lock when it died
-    assert snapshot(crashed) != snapshot(clean.store)  # the kill left the store part-written
+    assert snapshot(crashed) != snapshot(clean_store)  # the kill left the store part-written
     ingest_directory(corpus, Settings.from_env(store=crashed), progress=False, embedder=embedder)  # wait=0
-    assert snapshot(crashed) == snapshot(clean.store)
+    assert snapshot(crashed) == snapshot(clean_store)
 
 
 def test_embedding_workers_store_what_one_process_stores(corpus, tmp_path, embedder):
