@@ -17,11 +17,10 @@ from pipeline.archive.search import Fusion, hybrid_matches
 def test_expansion_terms_are_the_words_the_best_chunks_use_most_by_their_scores():
     texts = ["Impeller bearing wear: the impeller shakes.",
              "The bearing of 2024 is a b c 7 7 7 7 7 and E1234 in the casing gasket.", "Harbor seals and more seals."]
-    terms = dict(expansion_terms(texts, np.array([1.0, 0.5, 0.0])))
-    assert max(terms, key=terms.get) == "impeller" and terms["impeller"] == 1.0
-    assert terms["bearing"] < terms["impeller"] and "e1234" in terms  # an identifier with letters stays
+    terms = expansion_terms(texts, np.array([1.0, 0.5, 0.0]))
+    assert terms[:2] == ["impeller", "bearing"] and "e1234" in terms  # an identifier with letters stays
     assert not {"the", "is", "and", "of", "a", "b", "2024", "7"} & set(terms)  # stop words, letters, bare numbers
-    assert "seals" not in terms or terms["seals"] == 0.0  # a text of weight 0 adds nothing
+    assert "seals" not in terms and "harbor" not in terms  # a text of weight 0 adds nothing
     assert len(expansion_terms(texts * 20, np.ones(60), count=3)) == 3
     assert expansion_terms(["the a 12"], np.ones(1)) == []
 

@@ -253,17 +253,13 @@ def _similarities(chunks, row_ids: np.ndarray, vector: np.ndarray) -> np.ndarray
     return vectors @ vector / np.maximum(np.linalg.norm(vectors, axis=1) * np.linalg.norm(vector), 1e-12)
 
 
-def fts_matches(chunks, query: str, expansion: list[tuple[str, float]] | None = None,
-                limit: int | None = None) -> Ranked:
+def fts_matches(chunks, query: str, expansion: list[str] | None = None, limit: int | None = None) -> Ranked:
     """Chunks holding any of the query's words, by BM25 (at most `limit`, default COUNT_LIMIT); with `expansion`,
-    or any of those words, each with its weight (a query word weighs 1)."""
-    from lancedb.query import BooleanQuery, MatchQuery, Occur
+    or any of those words, each counting as one more query word."""
+    from lancedb.query import MatchQuery
 
     limit = limit or COUNT_LIMIT
-    match = MatchQuery(query, SEARCH_COLUMN)
-    if expansion:
-        match = BooleanQuery([(Occur.SHOULD, match)] + [(Occur.SHOULD, MatchQuery(word, SEARCH_COLUMN, boost=weight))
-                                                        for word, weight in expansion])
+    match = MatchQuery(" ".join([query, *(expansion or [])]), SEARCH_COLUMN)
     table = chunks.search(match, query_type="fts").select(["_score"]).limit(limit).with_row_id(True).to_arrow()
     return Ranked.of(table, "_score", limit)
 
