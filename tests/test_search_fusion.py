@@ -74,27 +74,28 @@ def test_a_query_holding_an_identifier_gets_a_chunk_with_it_first(identifier_arc
 
 
 class TextReads:
-    """The real chunks table, counting every row of `text` that any query or take hands back."""
+    """The real chunks table, counting every row of `text` that a query or take on its async table (the one search
+    queries) hands back."""
 
     def __init__(self, table) -> None:
         self.table, self.rows = table, 0
 
     def __getattr__(self, name):
         attribute = getattr(self.table, name)
-        if name not in ("search", "take_row_ids"):
-            return attribute
-        return lambda *args, **kwargs: _Counted(attribute(*args, **kwargs), self)
+        return _Counted(attribute, self) if name == "_table" else attribute
 
 
 class _Counted:
+    """The async table, or a query on it, whose every method gives a counted query; `to_arrow` counts text rows."""
+
     def __init__(self, builder, reads: TextReads) -> None:
         self.builder, self.reads = builder, reads
 
     def __getattr__(self, name):
         attribute = getattr(self.builder, name)
         if name == "to_arrow":
-            def to_arrow():
-                table = attribute()
+            async def to_arrow():
+                table = await attribute()
                 self.reads.rows += table.num_rows if "text" in table.column_names else 0
                 return table
             return to_arrow

@@ -1,16 +1,15 @@
 """Search over the chunks table: the vector and full-text retrievers, their fusion, paging and totals.
 
 Both retrievers return row ids and scores only; the ranking, the totals and the exact-match tier are computed
-from those, and the text is read for the rows of the page shown and no others. In hybrid mode the retrievers
-run at the same time, each on its own thread (LanceDB's queries release the GIL).
+from those, and the text is read for the rows of the page shown and no others. Every query goes to LanceDB's
+async table on its event loop, one call per search: in hybrid mode the retrievers run side by side there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -120,17 +119,40 @@ def search_chunks(chunks, embedder, query: str, *, mode: str = "hybrid", top_k: 
     query = " ".join(query.split())
     if not query:
         return SearchResult(query, [], 0, page, top_k)
+    vector = None if mode == "fts" else embedder.encode([query])[0]
+    return _run(_search(_table(chunks), vector, query, mode, top_k, page, fusion))
+
+
+async def _search(table, vector: np.ndarray | None, query: str, mode: str, top_k: int, page: int,
+                  fusion: Fusion) -> SearchResult:
     depth = max(EXACT_HEAD, 2 * (page + 1) * top_k)
     if mode == "vector":
-        ids, scores, exact = _single(vector_matches(chunks, embedder.encode([query])[0], depth))
+        ids, scores, exact = _single(await _vector_matches(table, vector, depth))
     elif mode == "fts":
-        ids, scores, exact = _single(fts_matches(chunks, query))
+        ids, scores, exact = _single(await _fts_matches(table, query))
     else:
-        ids, scores, exact = hybrid_matches(chunks, embedder.encode([query])[0], query, fusion, depth)
+        ids, scores, exact = await _hybrid_matches(table, vector, query, fusion, depth)
     shown = slice(page * top_k, (page + 1) * top_k)
-    rows = _rows(chunks, ids[shown])
-    hits = [_hit(rows[int(row_id)], float(score)) for row_id, score in zip(ids[shown], scores[shown])]
+    rows = await _take_in_order(table, ids[shown], COLUMNS)
+    hits = [_hit(row, float(score)) for row, score in zip(rows.to_pylist(), scores[shown])]
     return SearchResult(query, hits, len(ids), page, top_k, total_exact=exact)
+
+
+def _table(chunks):
+    """The async LanceDB table behind the (sync) table `chunks`, at the same version: the one search queries.
+
+    The sync API wraps each query in calls that read the table's schema (twice per vector query); measured at
+    100k chunks, a vector query took 5-7 ms through the async table against 15 ms through the sync one, and the
+    retrievers run side by side on LanceDB's own event loop, with no Python thread of ours.
+    """
+    return chunks._table
+
+
+def _run(coroutine):
+    """Run `coroutine` on LanceDB's background event loop (the one its sync API runs on) and return its result."""
+    from lancedb.background_loop import LOOP
+
+    return LOOP.run(coroutine)
 
 
 def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusion(),
@@ -145,34 +167,34 @@ def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusi
     chunks to be a small part of the matches (FEEDBACK_SHARE): where they are most of them (a query matching
     a handful of chunks) they tell nothing the query does not, and the second pass would drift to their centroid.
     """
-    pool = _pool()
-    fts = pool.submit(fts_matches, chunks, query)
-    pending = [pool.submit(phrase_matches, chunks, token) for token in identifiers(query)] if fusion.exact_first else []
-    near = vector_matches(chunks, vector, depth)
-    lists = fts.result()
-    tiers = [tier.result() for tier in pending]
+    return _run(_hybrid_matches(_table(chunks), vector, query, fusion, depth))
+
+
+async def _hybrid_matches(table, vector: np.ndarray, query: str, fusion: Fusion,
+                          depth: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    tokens = identifiers(query) if fusion.exact_first else []
+    near, lists, *tiers = await asyncio.gather(_vector_matches(table, vector, depth), _fts_matches(table, query),
+                                               *(_phrase_matches(table, token) for token in tokens))
     ids, scores = fuse(near, lists, tiers, fusion)
     exact = not (near.capped or lists.capped)
     if fusion.feedback_docs and len(ids) >= FEEDBACK_SHARE * fusion.feedback_docs:
-        texts, vectors = _feedback_rows(chunks, ids[:fusion.feedback_docs])
+        rows = await _take_in_order(table, ids[:fusion.feedback_docs], ["vector", SEARCH_COLUMN])
+        vectors = np.stack(rows["vector"].to_numpy(zero_copy_only=False))
         weights = scores[:fusion.feedback_docs]
-        fts = pool.submit(fts_matches, chunks, query, expansion_terms(texts, weights), FEEDBACK_LIMIT)
-        near = vector_matches(chunks, feedback_vector(vector, vectors, weights), depth, FEEDBACK_LIMIT)
-        ids, scores = _within(ids, *fuse(near, fts.result(), tiers, fusion))
+        near, lists = await asyncio.gather(
+            _vector_matches(table, feedback_vector(vector, vectors, weights), depth, FEEDBACK_LIMIT),
+            _fts_matches(table, query, expansion_terms(rows[SEARCH_COLUMN].to_pylist(), weights), FEEDBACK_LIMIT))
+        ids, scores = _within(ids, *fuse(near, lists, tiers, fusion))
     return ids, scores, exact
 
 
-def _feedback_rows(chunks, row_ids: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """The search text and vectors of `row_ids`, in their order (only those rows and columns are read)."""
-    rows = _take_in_order(chunks, row_ids, ["vector", SEARCH_COLUMN])
-    return rows[SEARCH_COLUMN].to_pylist(), np.stack(rows["vector"].to_numpy(zero_copy_only=False))
-
-
-def _take_in_order(chunks, row_ids: np.ndarray, columns: list[str]) -> pa.Table:
+async def _take_in_order(table, row_ids: np.ndarray, columns: list[str]) -> pa.Table:
     """`columns` of the rows `row_ids` (and only those), in the order of `row_ids` (a take returns its own)."""
-    rows = chunks.take_row_ids([int(i) for i in row_ids]).select(columns).with_row_id().to_arrow()
+    if not len(row_ids):
+        return pa.table({name: [] for name in columns})
+    rows = await table.take_row_ids([int(i) for i in row_ids]).select(columns).with_row_id().to_arrow()
     at = {row_id: n for n, row_id in enumerate(rows["_rowid"].to_pylist())}
-    return rows.take([at[int(i)] for i in row_ids])
+    return rows.select(columns).take([at[int(i)] for i in row_ids])
 
 
 def _within(matches: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,11 +233,6 @@ def fuse(vector: Ranked, fts: Ranked, tiers: list[np.ndarray], fusion: Fusion) -
     return ids[order], score[order]
 
 
-@cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(4, thread_name_prefix="search")
-
-
 def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD, limit: int | None = None) -> Ranked:
     """Chunks at cosine similarity MIN_SIMILARITY or more from `vector`, nearest first (at most `limit`, default
     COUNT_LIMIT).
@@ -226,15 +243,19 @@ def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD, limit: i
     report another scale than a flat scan, and it differs while new rows are not yet indexed). The similarity
     floor is applied to those: a floor on an index's raw distances drops nearly every match.
     """
+    return _run(_vector_matches(_table(chunks), vector, depth, limit))
+
+
+async def _vector_matches(table, vector: np.ndarray, depth: int = EXACT_HEAD, limit: int | None = None) -> Ranked:
     limit = limit or COUNT_LIMIT
-    table = (chunks.search(vector, vector_column_name="vector").distance_type("cosine").nprobes(NPROBES)
-             .select(["_distance"]).limit(limit).with_row_id(True).to_arrow())
-    ids, approx = table["_rowid"].to_numpy(), table["_distance"].to_numpy().astype(np.float64)
+    result = await (table.query().nearest_to(vector).column("vector").distance_type("cosine").nprobes(NPROBES)
+                    .select(["_distance"]).limit(limit).with_row_id().to_arrow())
+    ids, approx = result["_rowid"].to_numpy(), result["_distance"].to_numpy().astype(np.float64)
     scores = 1 - approx
     for head in (min(depth, len(ids)), len(ids)):  # all rows exactly only when the first give no scale
         if not head:
             break
-        sims = _similarities(chunks, ids[:head], vector)
+        sims = await _similarities(table, ids[:head], vector)
         far = (approx[:head] > 1e-6) & (sims < 1 - 1e-6)  # rows identical to the query tell no scale
         if far.any() or head == len(ids):
             scale = float(np.median((1 - sims[far]) / approx[:head][far])) if far.any() else 1.0
@@ -243,12 +264,12 @@ def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD, limit: i
             ids, scores = ids[order], scores[order]
             break
     keep = scores >= MIN_SIMILARITY
-    return Ranked(ids[keep], scores[keep], table.num_rows >= limit and bool(keep[-1]))
+    return Ranked(ids[keep], scores[keep], result.num_rows >= limit and bool(keep[-1]))
 
 
-def _similarities(chunks, row_ids: np.ndarray, vector: np.ndarray) -> np.ndarray:
+async def _similarities(table, row_ids: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """Exact cosine similarity of `vector` to the stored vectors of `row_ids` (only that column is read)."""
-    rows = _take_in_order(chunks, row_ids, ["vector"])
+    rows = await _take_in_order(table, row_ids, ["vector"])
     vectors = np.stack(rows["vector"].to_numpy(zero_copy_only=False)).astype(np.float64)
     return vectors @ vector / np.maximum(np.linalg.norm(vectors, axis=1) * np.linalg.norm(vector), 1e-12)
 
@@ -256,29 +277,29 @@ def _similarities(chunks, row_ids: np.ndarray, vector: np.ndarray) -> np.ndarray
 def fts_matches(chunks, query: str, expansion: list[str] | None = None, limit: int | None = None) -> Ranked:
     """Chunks holding any of the query's words, by BM25 (at most `limit`, default COUNT_LIMIT); with `expansion`,
     or any of those words, each counting as one more query word."""
+    return _run(_fts_matches(_table(chunks), query, expansion, limit))
+
+
+async def _fts_matches(table, query: str, expansion: list[str] | None = None, limit: int | None = None) -> Ranked:
     from lancedb.query import MatchQuery
 
     limit = limit or COUNT_LIMIT
     match = MatchQuery(" ".join([query, *(expansion or [])]), SEARCH_COLUMN)
-    table = chunks.search(match, query_type="fts").select(["_score"]).limit(limit).with_row_id(True).to_arrow()
-    return Ranked.of(table, "_score", limit)
+    result = await table.query().nearest_to_text(match).select(["_score"]).limit(limit).with_row_id().to_arrow()
+    return Ranked.of(result, "_score", limit)
 
 
 def phrase_matches(chunks, token: str) -> np.ndarray:
     """Row ids of the chunks whose indexed text holds `token` as a phrase (its word pieces in order)."""
+    return _run(_phrase_matches(_table(chunks), token))
+
+
+async def _phrase_matches(table, token: str) -> np.ndarray:
     from lancedb.query import PhraseQuery
 
-    table = (chunks.search(PhraseQuery(token, SEARCH_COLUMN), query_type="fts").select(["_score"]).limit(COUNT_LIMIT)
-             .with_row_id(True).to_arrow())
-    return table["_rowid"].to_numpy()
-
-
-def _rows(chunks, row_ids: np.ndarray) -> dict[int, dict[str, Any]]:
-    """The displayed columns of `row_ids` (and only those rows), by row id."""
-    if not len(row_ids):
-        return {}
-    table = chunks.take_row_ids([int(i) for i in row_ids]).select(COLUMNS).with_row_id().to_arrow()
-    return {row["_rowid"]: row for row in table.to_pylist()}
+    result = await (table.query().nearest_to_text(PhraseQuery(token, SEARCH_COLUMN)).select(["_score"])
+                    .limit(COUNT_LIMIT).with_row_id().to_arrow())
+    return result["_rowid"].to_numpy()
 
 
 def _hit(row: dict[str, Any], score: float) -> Hit:
