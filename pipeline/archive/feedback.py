@@ -8,7 +8,7 @@ document by its query likelihood). The words join the query's own in one BM25 qu
 word: one query over the index costs what the query alone does plus its words' posting lists, where a boolean
 query of a weighted clause per word cost 4x as much (measured at 100k chunks: 62 against 14.5 ms for 20 words)
 and ranked no better (Cranfield nDCG@10 0.445 against 0.448). Neither
-needs the embedder again: the chunks' stored vectors and search text are read, for those few rows only.
+needs the embedder again: the stored vectors and search text of those few chunks are read.
 """
 
 from __future__ import annotations

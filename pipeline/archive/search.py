@@ -27,7 +27,6 @@ MIN_SIMILARITY = 0.25  # cosine similarity from which a vector neighbour counts 
 COLUMNS = ["chunk_id", "source", "page", "page_end", "heading", "text", "ocr", "ocr_confidence"]
 NPROBES = 20  # IVF partitions probed per vector query (when the table has a vector index)
 EXACT_HEAD = 64  # the vector ranking's first rows (at least; twice the rows up to the page shown) re-ranked exactly
-FEEDBACK_LIMIT = 200  # matches each retriever returns in feedback's second pass (it re-orders; it does not count)
 FEEDBACK_SHARE = 10  # feedback runs when the first pass found this many matches or more per feedback chunk
 
 
@@ -161,11 +160,11 @@ def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusi
     total is exact.
 
     Both retrievers run side by side and their rankings are fused. With `fusion.feedback_docs`, the first fused
-    chunks expand the query on both sides (`pipeline.archive.feedback`: Rocchio on the vector, relevance-model
-    words on BM25) and both retrievers run again; that second fusion orders the first pass's matches, so the
-    matches and their total are the query's own, not those of the words added to it. Feedback needs the first
-    chunks to be a small part of the matches (FEEDBACK_SHARE): where they are most of them (a query matching
-    a handful of chunks) they tell nothing the query does not, and the second pass would drift to their centroid.
+    chunks expand the query on both sides (`pipeline.archive.feedback`) for a second pass (`_second_pass`) that
+    orders the first pass's matches, so the matches and their total are the query's own, not those of the words
+    added to it. Feedback needs the first chunks to be a small part of the matches (FEEDBACK_SHARE): where they
+    are most of them (a query matching a handful of chunks) they tell nothing the query does not, and the second
+    pass would drift to their centroid.
     """
     return _run(_hybrid_matches(_table(chunks), vector, query, fusion, depth))
 
@@ -178,14 +177,29 @@ async def _hybrid_matches(table, vector: np.ndarray, query: str, fusion: Fusion,
     ids, scores = fuse(near, lists, tiers, fusion)
     exact = not (near.capped or lists.capped)
     if fusion.feedback_docs and len(ids) >= FEEDBACK_SHARE * fusion.feedback_docs:
-        rows = await _take_in_order(table, ids[:fusion.feedback_docs], ["vector", SEARCH_COLUMN])
-        vectors = np.stack(rows["vector"].to_numpy(zero_copy_only=False))
-        weights = scores[:fusion.feedback_docs]
-        near, lists = await asyncio.gather(
-            _vector_matches(table, feedback_vector(vector, vectors, weights), depth, FEEDBACK_LIMIT),
-            _fts_matches(table, query, expansion_terms(rows[SEARCH_COLUMN].to_pylist(), weights), FEEDBACK_LIMIT))
-        ids, scores = _within(ids, *fuse(near, lists, tiers, fusion))
+        ids, scores = await _second_pass(table, vector, query, ids, scores, tiers, fusion, depth)
     return ids, scores, exact
+
+
+async def _second_pass(table, vector: np.ndarray, query: str, ids: np.ndarray, scores: np.ndarray,
+                       tiers: list[np.ndarray], fusion: Fusion, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first pass's matches `ids` (fused `scores`) ordered by feedback from the first `fusion.feedback_docs`.
+
+    Vector side: Rocchio's vector ranks the first `depth` fused chunks by exact similarity (their vectors are read;
+    the index is not asked again, as only first-pass matches are ordered). BM25 side: the query with the feedback
+    chunks' words, one more query over the index, for as many matches. The two reads (the vectors, and the search
+    text of the feedback chunks) go side by side, then that one query.
+    """
+    best, head = ids[:fusion.feedback_docs], ids[:max(depth, fusion.feedback_docs)]
+    texts, pooled = await asyncio.gather(_take_in_order(table, best, [SEARCH_COLUMN]),
+                                         _take_in_order(table, head, ["vector"]))
+    vectors = np.stack(pooled["vector"].to_numpy(zero_copy_only=False)).astype(np.float64)
+    weights = scores[:len(best)]
+    sims = _cosine(vectors, feedback_vector(vector, vectors[:len(best)], weights))
+    order = np.argsort(-sims, kind="stable")
+    order = order[sims[order] >= MIN_SIMILARITY]
+    lists = await _fts_matches(table, query, expansion_terms(texts[SEARCH_COLUMN].to_pylist(), weights), len(head))
+    return _within(ids, *fuse(Ranked(head[order], sims[order], False), lists, tiers, fusion))
 
 
 async def _take_in_order(table, row_ids: np.ndarray, columns: list[str]) -> pa.Table:
@@ -270,7 +284,10 @@ async def _vector_matches(table, vector: np.ndarray, depth: int = EXACT_HEAD, li
 async def _similarities(table, row_ids: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """Exact cosine similarity of `vector` to the stored vectors of `row_ids` (only that column is read)."""
     rows = await _take_in_order(table, row_ids, ["vector"])
-    vectors = np.stack(rows["vector"].to_numpy(zero_copy_only=False)).astype(np.float64)
+    return _cosine(np.stack(rows["vector"].to_numpy(zero_copy_only=False)).astype(np.float64), vector)
+
+
+def _cosine(vectors: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return vectors @ vector / np.maximum(np.linalg.norm(vectors, axis=1) * np.linalg.norm(vector), 1e-12)
 
 
