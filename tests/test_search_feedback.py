@@ -93,3 +93,28 @@ def test_feedback_leaves_a_query_with_few_matches_alone(pump_chunks):
 def test_feedback_docs_must_not_be_negative():
     with pytest.raises(ValueError, match="must not be negative"):
         Fusion(feedback_docs=-1)
+
+
+class _Calls:
+    """The real table (or a query on its async table), counting the retrievals search asks the async table for."""
+
+    def __init__(self, inner, calls: dict[str, int]) -> None:
+        self.inner, self.calls = inner, calls
+
+    def __getattr__(self, name):
+        attribute = getattr(self.inner, name)
+        if name in ("nearest_to", "nearest_to_text", "take_row_ids"):
+            self.calls[name] = self.calls.get(name, 0) + 1
+        if name == "_table" or name in ("query", "nearest_to", "nearest_to_text"):
+            return _Calls(attribute, self.calls) if name == "_table" else (
+                lambda *args, **kwargs: _Calls(attribute(*args, **kwargs), self.calls))
+        return attribute
+
+
+def test_feedback_asks_the_vector_index_once_and_bm25_twice(pump_chunks):
+    """The second pass only orders first-pass matches: Rocchio's vector re-ranks the fused head from its stored
+    vectors (one read beside the feedback chunks' text), and only BM25 runs again."""
+    table, query_vector = pump_chunks
+    calls: dict[str, int] = {}
+    hybrid_matches(_Calls(table, calls), query_vector, "pump seals", Fusion(feedback_docs=5))
+    assert calls == {"nearest_to": 1, "nearest_to_text": 2, "take_row_ids": 3}  # re-rank, feedback text, head
