@@ -153,3 +153,42 @@ def test_cli_ingest_takes_the_backend_and_logs_plain_progress_lines(tmp_path):
     assert json.loads(status.output)["embed_backend"] == "onnx"
     bad = CliRunner().invoke(main, ["ingest", str(corpus), "--store", str(store), "--embed-backend", "openvino"])
     assert bad.exit_code == 2 and "openvino" in bad.output
+
+
+@pytest.mark.slow
+def test_a_recipe_leaves_the_nodes_it_names_in_fp32(tmp_path, embedder):
+    import onnx
+
+    from pipeline.ingest.onnx_export import FFN_OUTPUT, RECIPES
+
+    assert RECIPES["int8-dynamic-avx2-ffn-out-fp32"].keep_fp32 == FFN_OUTPUT
+    path = exported_model(resolve_model_dir(MODEL), "int8-dynamic-avx2-ffn-out-fp32", cache_dir=tmp_path)
+    nodes = onnx.load(str(path)).graph.node
+    fp32 = sorted(n.name for n in nodes if n.op_type == "MatMul" and "/dense/" in n.name)
+    assert fp32 == [f"/model/encoder/layer.{i}/output/dense/MatMul" for i in range(6)]  # attention's own: int8
+    assert sum(n.op_type == "MatMulInteger" for n in nodes) == 6 * 5  # query, key, value, attention out, FFN in
+    assert not any(n.op_type == "DequantizeLinear" for n in nodes)  # the embedding tables (Gathers) stay fp32
+    vectors = Embedder(MODEL, backend="onnx-int8", quantization="int8-dynamic-avx2-ffn-out-fp32").encode(TEXTS)
+    assert ((vectors * embedder.encode(TEXTS)).sum(axis=1)).min() > 0.98
+
+
+@pytest.mark.slow
+def test_the_bench_re_embeds_a_store_with_another_recipe(tmp_path, embedder):
+    from pipeline.bench.backends import reembedded_store
+
+    corpus = write_tiny_corpus(tmp_path / "corpus")
+    ingest_directory(corpus, Settings.from_env(store=tmp_path / "torch"), progress=False)
+    onnx = Embedder(MODEL, backend="onnx")
+    copy = reembedded_store(tmp_path / "torch", tmp_path / "onnx", onnx)
+    original = Archive.open(tmp_path / "torch")
+    assert (copy.meta.embed_backend, copy.meta.quantization) == ("onnx", "fp32")
+    assert read_meta(tmp_path / "onnx") == copy.meta
+    rows = {r["chunk_id"]: r for r in original.chunks.to_arrow().to_pylist()}
+    copied = {r["chunk_id"]: r for r in copy.chunks.to_arrow().to_pylist()}
+    assert copied.keys() == rows.keys() and copy.documents.count_rows() == original.documents.count_rows()
+    for chunk_id, row in copied.items():
+        assert row["search_text"] == rows[chunk_id]["search_text"]
+        np.testing.assert_allclose(row["vector"], onnx.encode([row["search_text"]])[0], atol=1e-5)
+    for mode in ("vector", "fts", "hybrid"):
+        hit = copy.search("maximum pressure of the pump", mode=mode, top_k=1).hits[0]
+        assert (hit.source, hit.page) == ("manual.pdf", 2)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.gguf import model_cache_dir
 from pipeline.ingest.discover import sha256_file
@@ -35,8 +37,11 @@ class Recipe:
     """How an export is made from the model: optionally fused, optionally quantized to int8."""
 
     fused: bool = False  # onnxruntime's transformer optimizer first (attention, LayerNorm and GELU fused)
-    int8: dict[str, bool] | None = None  # `quantize_dynamic` options; None: fp32
+    int8: dict[str, Any] | None = None  # `quantize_dynamic` options; None: fp32
+    keep_fp32: str | None = None  # a regex: the nodes whose names it finds stay fp32 (with `int8`)
 
+
+FFN_OUTPUT = r"layer\.\d+/output/dense/MatMul$"  # a BERT layer's feed-forward output projection (not attention's)
 
 # quantization name -> recipe. Signed int8 weights run on VNNI's u8s8 dot products; on AVX2 the same instruction
 # saturates at 16 bits, so its weights keep 7 bits (onnxruntime's advice). `quantization_for` picks among
@@ -48,6 +53,15 @@ RECIPES: dict[str, Recipe] = {
     "int8-dynamic-avx2-per-tensor": Recipe(int8={"per_channel": False, "reduce_range": True}),
     "fp32-fused": Recipe(fused=True),
     "int8-dynamic-avx2-fused": Recipe(fused=True, int8={"per_channel": True, "reduce_range": True}),
+    # the weight MatMuls only (the embedding tables' Gathers stay fp32), with unsigned weights: u8u8 products
+    "int8-dynamic-u8": Recipe(int8={"per_channel": True, "reduce_range": False, "weight_type": "QUInt8",
+                                    "op_types_to_quantize": ["MatMul"]}),
+    "int8-dynamic-avx2-matmul": Recipe(int8={"per_channel": True, "reduce_range": True,
+                                             "op_types_to_quantize": ["MatMul"]}),
+    # ... and the feed-forward output projection (its input, GELU's output, has the widest range) left fp32
+    "int8-dynamic-avx2-ffn-out-fp32": Recipe(int8={"per_channel": True, "reduce_range": True,
+                                                   "op_types_to_quantize": ["MatMul"]},
+                                             keep_fp32=FFN_OUTPUT),
 }
 
 
@@ -98,7 +112,7 @@ def _export(model_dir: Path, quantization: str, source: str, target: Path) -> No
         if recipe.fused:
             final = _fuse(final, Path(work) / "fused.onnx")
         if recipe.int8 is not None:
-            final = _quantize(final, Path(work) / "int8.onnx", recipe.int8)
+            final = _quantize(final, Path(work) / "int8.onnx", recipe.int8, recipe.keep_fp32)
         manifest = {"model_sha256": source, "quantization": quantization, "sha256": sha256_file(final),
                     "size": final.stat().st_size, "onnxruntime": onnxruntime.__version__,
                     "export_seconds": round(time.perf_counter() - started, 2)}
@@ -118,13 +132,17 @@ def _fuse(source: Path, out: Path) -> Path:
     return out
 
 
-def _quantize(source: Path, out: Path, options: dict[str, bool]) -> Path:
+def _quantize(source: Path, out: Path, options: dict[str, Any], keep_fp32: str | None) -> Path:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    options = {"weight_type": "QInt8"} | options
+    excluded = [node.name for node in onnx.load(str(source), load_external_data=False).graph.node
+                if keep_fp32 and re.search(keep_fp32, node.name)]
     with _quiet_logging():  # its advice to pre-process is for CNNs
-        quantize_dynamic(source, out, weight_type=QuantType.QInt8,
+        quantize_dynamic(source, out, nodes_to_exclude=excluded,
                          extra_options={"DefaultTensorType": 1},  # FLOAT, for tensors shape inference misses
-                         **options)  # type: ignore[arg-type]
+                         **options | {"weight_type": QuantType[options["weight_type"]]})
     return out
 
 
