@@ -30,7 +30,7 @@ QUALITY_SLACK = 0.005  # nDCG@10 and recall@100 a default backend may lose again
 ALTERNATIVES = (("onnx", "fp32-fused"), ("onnx-int8", "int8-dynamic-avx2-fused"),
                 ("onnx-int8", "int8-dynamic-avx2-per-tensor"), ("onnx-int8", "int8-dynamic-avx512_vnni"),
                 ("onnx-int8", "int8-dynamic-u8"), ("onnx-int8", "int8-dynamic-avx2-matmul"),
-                ("onnx-int8", "int8-dynamic-avx2-ffn-out-fp32"))
+                ("onnx-int8", "int8-dynamic-avx2-ffn-out-fp32"), ("onnx-int8", "int8-dynamic-u8-ffn-out-fp32"))
 
 
 def _load() -> list[float]:
