@@ -191,9 +191,7 @@ async def _second_pass(table, vector: np.ndarray, query: str, ids: np.ndarray, s
     text of the feedback chunks) go side by side, then that one query.
     """
     best, head = ids[:fusion.feedback_docs], ids[:max(depth, fusion.feedback_docs)]
-    texts, pooled = await asyncio.gather(_take_in_order(table, best, [SEARCH_COLUMN]),
-                                         _take_in_order(table, head, ["vector"]))
-    vectors = np.stack(pooled["vector"].to_numpy(zero_copy_only=False)).astype(np.float64)
+    texts, vectors = await asyncio.gather(_take_in_order(table, best, [SEARCH_COLUMN]), _stored_vectors(table, head))
     weights = scores[:len(best)]
     sims = _cosine(vectors, feedback_vector(vector, vectors[:len(best)], weights))
     order = np.argsort(-sims, kind="stable")
@@ -283,8 +281,13 @@ async def _vector_matches(table, vector: np.ndarray, depth: int = EXACT_HEAD, li
 
 async def _similarities(table, row_ids: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """Exact cosine similarity of `vector` to the stored vectors of `row_ids` (only that column is read)."""
+    return _cosine(await _stored_vectors(table, row_ids), vector)
+
+
+async def _stored_vectors(table, row_ids: np.ndarray) -> np.ndarray:
+    """The stored vectors of `row_ids`, in their order, as float64 rows (only that column is read)."""
     rows = await _take_in_order(table, row_ids, ["vector"])
-    return _cosine(np.stack(rows["vector"].to_numpy(zero_copy_only=False)).astype(np.float64), vector)
+    return np.stack(rows["vector"].to_numpy(zero_copy_only=False)).astype(np.float64)
 
 
 def _cosine(vectors: np.ndarray, vector: np.ndarray) -> np.ndarray:
