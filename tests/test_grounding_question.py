@@ -134,6 +134,68 @@ def test_chunk_ids_never_support_a_claim_and_a_decline_may_name_one():
     assert check(decline, PASSAGES, question="What is the telephone number?").grounded is True
 
 
+# ------------------------------------------------------------------------------------ rule 1 for bare numbers
+
+ONBOARDING = make_hit("o1", "Every new field engineer completes Pump School within their first 30 days.\nPage 72",
+                      source="onboarding.md")
+
+
+@pytest.mark.parametrize("answer_text", ["It produces 30 at full load.", "It is 30.", "30"])
+def test_a_bare_number_the_passages_give_only_as_another_kind_is_mismatched(answer_text):
+    question = "What noise level in decibels does the Hydra-7 produce at full load?"
+    assert mismatched(answer_text, question, [ONBOARDING]) == {
+        "30": '"30" is in the retrieved text only as a duration, but the question asks for a sound level'}
+
+
+@pytest.mark.parametrize("question, answer_text, hits", [
+    ("Within how many days must engineers complete Pump School?", "Within 30.", [ONBOARDING]),  # the kind asked
+    ("What noise level in decibels does the pump produce?", "It produces 72.",  # a passage gives it bare
+     [make_hit("n1", "Noise level at full load: 72 (A-weighted).", source="datasheet.pdf")]),
+    ("What noise level in decibels does the pump produce?", "72.",  # a page number is no quantity given
+     [ONBOARDING, make_hit("n2", "Noise level at full load: 72 dB(A).", source="datasheet.pdf")]),
+    ("What torque in newton metres do the flange bolts need?", "30 Nm.", [ONBOARDING]),  # a unit we do not know
+    ("After how many operating hours must the seal be replaced?", "After 4,000.", PASSAGES),
+])
+def test_a_bare_number_of_the_kind_asked_or_given_bare_is_not_flagged(question, answer_text, hits):
+    assert mismatched(answer_text, question, hits) == {}
+
+
+# ------------------------------------------------------------------------------------ rule 4: the question's anchors
+
+CODES = make_hit("e117", "Error code E-117 means a blocked suction line; E-118 means a dry run.", source="manual.pdf")
+
+
+@pytest.mark.parametrize("question, hits, reason", [
+    ("What does error code E-309 on the Hydra-7 controller mean?", [CODES],
+     '"E-309", which the question asks about, is in none of the retrieved passages (they name E-117, E-118)'),
+    ("What does error code E-309 mean?", PASSAGES[:2],  # asked as "error code": no passage naming a code does not help
+     '"E-309", which the question asks about, is in none of the retrieved passages'),
+    ("What was the revenue in 2026?", PASSAGES,
+     '"2026", which the question asks about, is in none of the retrieved passages (they name 2029)'),
+])
+def test_an_answer_to_a_question_about_a_code_or_year_no_passage_holds_is_mismatched(question, hits, reason):
+    said = "It means the controller has lost contact with the 184.6 million euros sensor."
+    verdict = check(said, hits + PASSAGES[3:4], question=question)
+    assert reason in verdict.reasons.values() and verdict.grounded is False
+    assert check("The documents do not say what it means.", hits, question=question).grounded is True  # a decline
+
+
+@pytest.mark.parametrize("question", [
+    "What does error code E-117 mean?",  # held
+    "Which lubricant is approved for the Hydra-5 bearings?",  # a product code no passage names: no evidence
+    "What was Norrvik Hydraulics' revenue in 2029?",  # the year held; the company's name is no anchor
+])
+def test_a_question_whose_codes_and_years_are_retrieved_or_unnamed_is_not_flagged(question):
+    hits = [CODES, make_hit("g1", "Use only Norrlube HT-220 on the bearings.", source="m.pdf"), PASSAGES[3]]
+    assert [why for why in check("Norrlube HT-220, a blocked suction line.", hits, question=question).reasons.values()
+            if "which the question asks about" in why] == []
+
+
+def test_an_adverb_does_not_hide_a_decline():
+    assert is_abstention("The maximum suction lift is not explicitly stated in any of the documents.")
+    assert not is_abstention("The suction lift is stated explicitly: 6 metres.")
+
+
 # ------------------------------------------------------------------------------------ what the user and model read
 
 def test_the_notes_the_warning_and_the_abstention_say_why():

@@ -22,11 +22,15 @@ A claim found in the text must also answer the question (unless the answer decli
 - the quantity: the question asks for a kind of quantity (a unit it names without a number, "in kilograms",
   "how many months", or a word: weight, pressure, price, power...) and every number of the answer has a unit of
   another kind ("42 bar" for a weight); a bare number, a year or a percentage may be the answer, and a question
-  asking for more than one thing ("and", "or", a comma) is not judged;
+  asking for more than one thing ("and", "or", a comma) is not judged; a bare number ("30") has the kinds the
+  passages give it with ("30 days"), and is mismatched when none is the kind asked and no passage gives it bare;
 - the code family: the question names a code (`Hydra-5`) and every passage holding the answer's values names
   another member of its family (`Hydra-7`) and not it; a passage that names no member is no evidence either way;
 - our ids: a chunk id is never text of the documents; given as a value it is mismatched, given as a citation
   (after `chunk_id:`, `chunk ids`, `source:`, in brackets) it is no claim.
+- the question's anchors: a code or year the question asks about (`E-309`, `2026`) that no retrieved passage
+  holds; what the passages say of other things does not answer it (names are no anchors: a report's pages seldom
+  repeat the company's name).
 What it cannot see: a true value attached to the wrong subject when the passage names the subject too or no
 code tells them apart ("the Hydra-5 is rated for 42 bar" beside "the Hydra-5 was limited to 35 bar"), a value of
 the right kind about another attribute (the seal interval given for the warranty), paraphrased claims without
@@ -83,7 +87,8 @@ _ABSTAIN = re.compile("|".join([
     r"\b(?:do|does|did|can|could|was|am|is|are)\s*(?:not|n't)\s+(?:find|locate|determine|answer|know|"
     r"say|tell|contain|mention|state|include|specify|provide|appear|exist)",
     r"\b(?:cannot|unable to|not able to)\s+(?:find|locate|determine|answer|know|say|tell)",
-    r"\bnot\s+(?:mentioned|stated|specified|found|covered|provided|available|given|present|included|addressed)\b",
+    r"\bnot\s+(?:\w+ly\s+)?(?:mentioned|stated|specified|found|covered|provided|available|given|present|included|"
+    r"addressed)\b",
     r"\b(?:no|not enough|insufficient)\s+(?:information|mention|evidence|data|record|details|answer)\b",
     r"\bunanswerable\b",
 ]), re.IGNORECASE)
@@ -113,7 +118,7 @@ for _canon, _names in {
     "kw": "kw kilowatt kilowatts", "mw": "mw megawatt megawatts", "v": "v volt volts", "a": "a amp amps ampere "
     "amperes", "hz": "hz hertz", "khz": "khz", "rpm": "rpm", "b": "b byte bytes", "kb": "kb kilobyte kilobytes",
     "mb": "mb megabyte megabytes", "gb": "gb gigabyte gigabytes", "tb": "tb terabyte terabytes", "kib": "kib",
-    "mib": "mib", "gib": "gib", "tib": "tib", "m3/h": "m3/h m³/h", "l/min": "l/min",
+    "mib": "mib", "gib": "gib", "tib": "tib", "m3/h": "m3/h m³/h", "l/min": "l/min", "db": "db dba decibel decibels",
 }.items():
     for _name in _names.split():
         _UNITS[_name] = _canon
@@ -496,13 +501,15 @@ class _Chunk:
         self.pages = pages
         self.numbers: list[tuple[Decimal, Decimal, set[str]]] = []
         for number in [*_digit_numbers(self.folded), *_word_numbers(self.folded, with_one=True)]:
-            near = _unit_tokens(self.folded, number.number_end, 4)
-            units = {u for u in (_as_unit(token, attached) for token, attached, _ in near) if u}
-            if number.unit:
-                units.add(number.unit)  # a currency before the number
-            self.numbers.append((number.value, number.base, units))
+            self.numbers.append((number.value, number.base, self.units_after(number)))
         self.dates = [reading for _, _, readings in _dates(self.folded) for reading in readings]
         self.years = {int(v) for v, _, _ in self.numbers if v == v.to_integral_value() and 1000 <= v <= 2999}
+
+    def units_after(self, number: _Number) -> set[str]:
+        """The units within four tokens after `number` in this chunk, and a currency before it."""
+        near = _unit_tokens(self.folded, number.number_end, 4)
+        units = {u for u in (_as_unit(token, attached) for token, attached, _ in near) if u}
+        return units | {number.unit} if number.unit else units
 
     @classmethod
     def of(cls, hit: Hit) -> "_Chunk":
@@ -554,16 +561,16 @@ class _Chunk:
 
 
 # ------------------------------------------------------------------------------------ does it answer the question?
-# A claim can be in the retrieved text and still not answer the question. Three rules, each one line to the user:
-# the quantity asked against the quantities given, the question's codes in the passage that holds the value, and
-# our own chunk ids given as a value.
+# A claim can be in the retrieved text and still not answer the question. Four rules, each one line to the user:
+# the quantity asked against the quantities given, the question's codes in the passage that holds the value, our
+# own chunk ids given as a value, and the question's anchors in none of the retrieved text.
 
 _DIMENSION_OF = {canon: dimension for dimension, canons in {
     "pressure": "bar psi pa kpa mpa", "duration": "hour minute second ms day week month year",
     "temperature": "celsius fahrenheit kelvin degree", "share": "percent",
     "amount of money": "usd eur gbp nok sek dkk chf jpy", "length": "mm cm m km in ft", "mass": "kg g mg t lb",
     "volume": "l ml m3 gal", "power": "w kw mw", "voltage": "v", "current": "a", "frequency": "hz khz rpm",
-    "data size": "b kb mb gb tb kib mib gib tib", "flow rate": "m3/h l/min",
+    "data size": "b kb mb gb tb kib mib gib tib", "flow rate": "m3/h l/min", "sound level": "db",
 }.items() for canon in canons.split()}
 _ASKED_BY_WORD = {word: dimension for dimension, words in {
     "mass": "weigh weighs weight weights mass", "pressure": "pressure pressures",
@@ -610,8 +617,14 @@ def asked_dimensions(question: str) -> set[str]:
     return asked
 
 
-def _quantity_mismatches(found: Sequence[tuple[Claim, object]], asked: set[str]) -> list[tuple[Claim, str]]:
-    """Rule 1: when the question asks for a kind of quantity and every number of the answer is of another kind."""
+def _quantity_mismatches(found: Sequence[tuple[Claim, object]], asked: set[str], chunks: Sequence["_Chunk"],
+                         folded: str) -> list[tuple[Claim, str]]:
+    """Rule 1: when the question asks for a kind of quantity and every number of the answer is of another kind.
+
+    A bare number ("30") is of the kinds the retrieved passages give it with ("30 days": a duration); it may be the
+    answer when one of them is the kind asked, or when a passage gives it with no unit. A number followed by a word
+    that is neither a unit nor a common word ("50 Nm") is not judged: that word may be a unit we do not know.
+    """
     numbers = [(claim, data) for claim, data in found if claim.kind == "number"]
     if not asked or not numbers:
         return []
@@ -619,16 +632,80 @@ def _quantity_mismatches(found: Sequence[tuple[Claim, object]], asked: set[str])
     for claim, number in numbers:
         dimension = _DIMENSION_OF.get(number.unit or "")  # type: ignore[attr-defined]
         if dimension is None:
-            value = number.value  # type: ignore[attr-defined]
-            if value == value.to_integral_value() and 1900 <= value <= 2100:
+            if _is_year(number):  # type: ignore[arg-type]
                 continue  # a year beside the quantity ("in 2029") is no candidate
-            return []  # a bare number may be the quantity asked: nothing to tell
+            bare = _bare(folded, number.end)  # type: ignore[attr-defined]
+            kinds = _kinds_given(number.value, chunks) if bare else {None}  # type: ignore[attr-defined]
+            if not kinds or None in kinds or kinds & (asked | _ANY_QUANTITY):
+                return []  # it may be the quantity asked: nothing to tell
+            given.append((claim, " or ".join(_a(d) for d in sorted(kinds)), "in the retrieved text only as "))  # type: ignore[arg-type]
+            continue
         if dimension in asked or dimension in _ANY_QUANTITY:
             return []
-        given.append((claim, dimension))
+        given.append((claim, _a(dimension), ""))
     wanted = " or ".join(_a(d) for d in sorted(asked))
-    return [(claim, f'"{claim.text}" is {_a(dimension)}, but the question asks for {wanted}')
-            for claim, dimension in given]
+    return [(claim, f'"{claim.text}" is {only}{kind}, but the question asks for {wanted}')
+            for claim, kind, only in given]
+
+
+_NEXT_WORD = re.compile(r"[ \t]*([^\W\d_]+)")
+_REFERENCE_BEFORE = re.compile(r"\b(?:pages?|pp?|chapter|section|figure|fig|table|step|item|no|rev|revision)\.?\s*$")
+
+
+def _bare(folded: str, end: int) -> bool:
+    """The number ending at `end` stands alone: what follows is punctuation, the end, or a common word."""
+    following = _NEXT_WORD.match(folded, end)
+    return following is None or following.group(1) in _COMMON
+
+
+def _kinds_given(value: Decimal, chunks: Sequence["_Chunk"]) -> set[str | None]:
+    """The kinds of quantity the passages give `value` with (None: with no unit); page and section numbers aside."""
+    kinds: set[str | None] = set()
+    for chunk in chunks:
+        for number in [*_digit_numbers(chunk.folded), *_word_numbers(chunk.folded, with_one=True)]:
+            if number.value != value or _REFERENCE_BEFORE.search(chunk.folded[max(0, number.start - 12):number.start]):
+                continue
+            units = chunk.units_after(number)
+            kinds |= {_DIMENSION_OF.get(unit) for unit in units} if units else {None}
+    return kinds
+
+
+def _anchor_mismatches(chunks: Sequence["_Chunk"], question: str) -> list[tuple[Claim, str]]:
+    """Rule 4: a code or year the question asks about (`E-309`, `2026`) is absent from the retrieved text while others
+    of its kind are there (`E-117`; 2028 and 2029): the passages speak of other things and do not answer it.
+
+    Retrieved text naming no code of the family (no year at all) is no evidence either way: a manual's pages seldom
+    repeat the model's name. A code the question names as what it asks about ("error code E-309", "option
+    `work_mem`") or a code of no family (`max_wal_size`) is anchored only when some passage holds it. Names are no
+    anchors: the pages of a company's report seldom repeat the company's name.
+    """
+    mismatched = []
+    for start, claim, data in _extract(normalize(question)):
+        if claim.kind == "number" and _is_year(data):  # type: ignore[arg-type]
+            named = sorted({y for c in chunks for y in c.years if 1900 <= y <= 2100})
+            others = [] if int(data.value) in named else [str(y) for y in named]  # type: ignore[attr-defined]
+        elif claim.kind == "identifier" and not any(c.supports(claim, data) for c in chunks):
+            code = _FAMILY.match(_fold(claim.text))
+            written = claim.text[:len(code.group(1))] + (code.group(2) or "-") if code else ""
+            members = {m for c in chunks for m in _members(c, code.group(1))} if code else set()
+            others = [f"{written}{m.upper()}" for m in sorted(members)]
+            if not others and (code is None or _NAMED_AS_OBJECT.search(_fold(question)[:start])):
+                mismatched.append((claim, f'"{claim.text}", which the question asks about, is in none of the '
+                                          "retrieved passages"))
+        else:
+            continue
+        if others:
+            mismatched.append((claim, f'"{claim.text}", which the question asks about, is in none of the retrieved '
+                                      f"passages (they name {', '.join(others[:4])})"))
+    return mismatched
+
+
+_NAMED_AS_OBJECT = re.compile(r"\b(?:code|error|option|parameter|setting|flag|message|variable|command|function|"
+                              r"field|key|status|alarm|fault|warning|register|part number)\s*[`'\"]?$")
+
+
+def _is_year(number: _Number) -> bool:
+    return number.unit is None and number.value == number.value.to_integral_value() and 1900 <= number.value <= 2100
 
 
 def _a(noun: str) -> str:
@@ -722,7 +799,8 @@ class Grounding:
 
 def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Sequence[str] = ()) -> Grounding:
     """Check every claim of `answer` against the `evidence` chunks, those whose ids are `cited` first, then that
-    an answer (not a decline) answers the question: the quantity asked, the question's codes, no chunk id as a value.
+    an answer (not a decline) answers the question: the quantity asked, the question's codes, no chunk id as a value,
+    the question's anchors retrieved.
 
     The question's text never supports a claim; when the answer declines, claims that only repeat the
     question are exempt from the check (they are not asserted). Chunk ids are not text of the documents: one given
@@ -754,8 +832,8 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
         if chunk is not None:
             found.append((claim, data))
     if question and not declines:
-        mismatched += _quantity_mismatches(found, asked_dimensions(question)) or \
-            _subject_mismatches(found, chunks, question, asked)
+        mismatched += _quantity_mismatches(found, asked_dimensions(question), chunks, text.casefold()) or \
+            _subject_mismatches(found, chunks, question, asked) or _anchor_mismatches(chunks, question)
     return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))
 
 
