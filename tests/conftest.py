@@ -123,6 +123,12 @@ def tiny_archive(tmp_path_factory, embedder):
     return Archive.open(settings.store, embedder=embedder)
 
 
+def batch_stamps(report) -> tuple[int, int]:
+    """(batches, chunks) of an ingest report's embedding-batch stamps, checked to lie within the run."""
+    assert all(0 < at <= report.seconds and chunks > 0 for at, chunks in report.embed_batches), report.embed_batches
+    return len(report.embed_batches), sum(chunks for _, chunks in report.embed_batches)
+
+
 def alive(pid: int) -> bool:
     """Running and not a zombie (a dead child not yet reaped by whoever inherited it)."""
     try:

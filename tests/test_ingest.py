@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import gone, write_pdf, write_tiny_corpus
+from conftest import batch_stamps, gone, write_pdf, write_tiny_corpus
 from pipeline.config import Settings
 from pipeline.ingest import local as ingest
 from pipeline.ingest.local import ingest_directory
@@ -178,6 +178,7 @@ def test_embedding_workers_store_what_one_process_stores(corpus, tmp_path, embed
     ingest_directory(corpus, inline, progress=False, embedder=embedder)
     report = ingest_directory(corpus, pooled, progress=False, embedder=embedder)
     assert (report.new, report.embedded) == (4, report.chunks)
+    assert batch_stamps(report) == (2, report.chunks)  # the last chunks shared out between the two workers
     assert snapshot(pooled.store) == snapshot(inline.store)
 
     def vectors(store):
@@ -220,6 +221,7 @@ def test_dead_embedding_workers_fall_back_to_this_process(corpus, tmp_path, embe
     pooled = Settings.from_env(store=tmp_path / "pooled", embed_workers=2)
     report = ingest_directory(corpus, pooled, progress=False, embedder=embedder)
     assert (report.new, report.failed) == (4, 0)
+    assert batch_stamps(report) == (2, report.chunks)  # embedded here, stamped here
     assert "embedding workers failed (a worker was killed)" in capsys.readouterr().err
     inline = Settings.from_env(store=tmp_path / "inline")
     ingest_directory(corpus, inline, progress=False, embedder=embedder)

@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 
 from click.testing import CliRunner  # noqa: E402
 
-from conftest import RAY_CANARY, write_pdf, write_tiny_corpus  # noqa: E402
+from conftest import RAY_CANARY, batch_stamps, write_pdf, write_tiny_corpus  # noqa: E402
 from pipeline.archive.store import Archive  # noqa: E402
 from pipeline.cli import main  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
@@ -93,6 +93,7 @@ def test_ray_engine_stores_what_the_local_engine_stores_through_a_killed_actor_a
     assert killed, "no embedding actor was seen to kill"
     assert (got.new, got.chunks, got.pages, sorted(got.failures)) == \
         (want.new, want.chunks, want.pages, sorted(want.failures))
+    assert batch_stamps(got)[1] == got.chunks  # the killed actor's batch counted once, by the actor that finished it
     assert_same_store(on_ray.store, local.store)
 
     (corpus / "orbit.txt").write_text("Mission log\n\nThe Kestrel probe left Titan in 2035.\n")

@@ -74,6 +74,7 @@ class _Batch:
     texts: list[str]  # what the model embeds: the search texts of the chunks without a vector
     future: "Future[Any] | None"
     documents: list[dict[str, Any]]
+    embedded_at: float | None = None  # time.time() the model's vectors were ready
 
 
 def embed_workers(settings: Settings, todo_bytes: int) -> int:
@@ -222,7 +223,10 @@ class _Stream:
             self._embed_here(exc)
             future = self.encoder.submit(texts)
         self.report.embed_seconds += time.perf_counter() - started
-        self.inflight.append(_Batch(pairs, vectors, texts, future, self.finished if documents else []))
+        batch = _Batch(pairs, vectors, texts, future, self.finished if documents else [])
+        if future is not None:  # stamped when the worker finishes, not when this process gets round to the vectors
+            future.add_done_callback(lambda _: setattr(batch, "embedded_at", time.time()))
+        self.inflight.append(batch)
         if documents:
             self.finished = []
         while self.inflight and (len(self.inflight) > 2 * self.workers or self.inflight[0].future is None
@@ -239,8 +243,11 @@ class _Stream:
             except BrokenProcessPool as exc:
                 self._embed_here(exc)
                 fresh = iter(self.embedder.encode(batch.texts))
+                batch.embedded_at = time.time()
             self.report.embed_seconds += time.perf_counter() - started
             self.report.embedded += sum(vector is None for vector in batch.vectors)
+            # the callback runs just after result() is released: it may not have run yet
+            self.report.batch_embedded(batch.embedded_at or time.time(), len(batch.texts))
             batch.vectors = [next(fresh) if vector is None else vector for vector in batch.vectors]
         self.inflight.popleft()
         self.pending.extend(chunk_row(item.rel, chunk, vector) for (item, chunk), vector in zip(batch.pairs, batch.vectors)

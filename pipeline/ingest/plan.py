@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,9 @@ class IngestReport:
     seconds: float = 0.0
     embed_seconds: float = 0.0  # time spent embedding here, or waiting for the embedding workers
     repaired: int = 0  # duplicate rows removed by --repair
+    embed_batches: list[tuple[float, int]] = field(default_factory=list)  # (seconds into the run, chunks) per
+    # embedding batch, as each finished: the start-up and the steady rate apart (`python -m pipeline.bench ray_ingest`)
+    started_at: float = field(default_factory=time.time, repr=False)  # wall clock, as the batches are stamped
 
     @property
     def failed(self) -> int:
@@ -69,6 +73,10 @@ class IngestReport:
                 "chunks": self.chunks, "embedded": self.embedded, "repaired": self.repaired, "seconds": round(self.seconds, 3),
                 "embed_seconds": round(self.embed_seconds, 3),
                 "chunks_per_s": round(self.chunks_per_s, 2)}
+
+    def batch_embedded(self, at: float, chunks: int) -> None:
+        """Note an embedding batch of `chunks` finished at `at` (`time.time()` where it ran: any node's clock)."""
+        self.embed_batches.append((at - self.started_at, chunks))
 
     def done(self, item: "Todo", pages: int | None, chunks: int, ocr: OcrTally | None = None) -> None:
         """Count a file whose chunks were all produced (`ocr`: what OCR did for it)."""

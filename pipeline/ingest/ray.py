@@ -117,7 +117,8 @@ class _File:
 
 
 class _Account:
-    """The driver's record of what the workers wrote: fragments, and per file the rows against the chunks made.
+    """The driver's record of what the workers wrote: fragments, per file the rows against the chunks made, and
+    the chunks written per embedding batch (by the time the actor finished it).
 
     A file whose rows and chunks disagree (a retried task written twice, or a lost one) stops the run before
     anything is committed.
@@ -126,6 +127,7 @@ class _Account:
     def __init__(self) -> None:
         self.fragments: list[Any] = []
         self.files: dict[str, _File] = {}
+        self.batches: dict[float, int] = {}  # embedded_at -> chunks
 
     def add(self, row: dict[str, Any]) -> None:
         self.fragments.extend(pickle.loads(row["fragments"]))
@@ -134,6 +136,8 @@ class _Account:
             seen.rows += rows
             seen.chunks, seen.pages, seen.error, seen.retry = chunks, pages, error, retry
             seen.ocr = OcrTally(**json.loads(ocr)) if ocr else None
+        for at, chunks in json.loads(row["batches"]):  # a batch may straddle two writes
+            self.batches[at] = self.batches.get(at, 0) + chunks
 
     def commit(self, todo: list[Todo], archive: Archive, report: IngestReport) -> None:
         """Replace the chunks of every file done, commit the workers' fragments once, then the document rows."""
@@ -154,6 +158,8 @@ class _Account:
                 report.failures.append((item.rel, seen.error))
                 documents.append(failed_row(item.raw, item.path, item.sha, seen.error, retry=seen.retry,
                                             ocr_mode=item.ocr_mode))
+        for at, chunks in sorted(self.batches.items()):
+            report.batch_embedded(at, chunks)
         archive.write(None, replace_sources=[item.rel for item in todo], documents=[])
         if self.fragments:
             uri, options = archive.chunks.to_lance().uri, archive.storage_options
@@ -221,12 +227,14 @@ class _EmbedActor:
         vectors = np.zeros((batch.num_rows, self.embedder.dim), dtype=np.float32)
         vectors[ok] = self.embedder.encode(texts)
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.embedder.dim)
-        return batch.append_column("vector", column)
+        done = pa.array(np.full(batch.num_rows, time.time()), pa.float64())  # this batch's stamp, on every row
+        return batch.append_column("vector", column).append_column("embedded_at", done)
 
 
 def _write_fragments(batch: pa.Table, *, uri: str, schema: pa.Schema, storage_options: dict[str, str] | None,
                      data_storage_version: str) -> pa.Table:
-    """Write the chunk rows of `batch` as uncommitted Lance fragments; return them and the per-file account."""
+    """Write the chunk rows of `batch` as uncommitted Lance fragments; return them, the per-file account and the
+    rows per embedding batch."""
     from lance_ray.fragment import write_fragment
 
     ok = batch.filter(batch["error"].is_null())
@@ -239,5 +247,7 @@ def _write_fragments(batch: pa.Table, *, uri: str, schema: pa.Schema, storage_op
                                                         "retry"))):
         entry = files.setdefault(rel, [0, chunks, pages, ocr, error, retry])
         entry[0] += error is None
+    batches = ok.group_by("embedded_at").aggregate([("embedded_at", "count")]).to_pylist()
     return pa.table({"fragments": [pickle.dumps([fragment for fragment, _ in written])],
-                     "files": [json.dumps(files)]})
+                     "files": [json.dumps(files)],
+                     "batches": [json.dumps([[b["embedded_at"], b["embedded_at_count"]] for b in batches])]})
