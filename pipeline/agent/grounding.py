@@ -21,9 +21,9 @@ from the question are not checked, since it asserts none of them. Prose with no 
 A claim found in the text must also answer the question (unless the answer declines); `mismatched` says why not:
 - the quantity: the question asks for a kind of quantity (a unit it names without a number, "in kilograms",
   "how many months", or a word: weight, pressure, price, power...) and every number of the answer has a unit of
-  another kind ("42 bar" for a weight); a bare number, a year or a percentage may be the answer, and a question
-  asking for more than one thing ("and", "or", a comma) is not judged; a bare number ("30") has the kinds the
-  passages give it with ("30 days"), and is mismatched when none is the kind asked and no passage gives it bare;
+  another kind ("42 bar" for a weight); a year or a percentage may be the answer, and a question asking for more
+  than one thing ("and", "or", a comma) is not judged; a bare number ("30") has the kinds the passages give it
+  with ("30 days"), and is mismatched when none is the kind asked and no passage gives it bare;
 - the code family: the question names a code (`Hydra-5`) and every passage holding the answer's values names
   another member of its family (`Hydra-7`) and not it; a passage that names no member is no evidence either way;
 - our ids: a chunk id is never text of the documents; given as a value it is mismatched, given as a citation
@@ -500,8 +500,12 @@ class _Chunk:
         self.word_set = set(self.words)
         self.pages = pages
         self.numbers: list[tuple[Decimal, Decimal, set[str]]] = []
+        self.kinds: dict[Decimal, set[str | None]] = {}  # the kinds of quantity each value is given with (None: bare)
         for number in [*_digit_numbers(self.folded), *_word_numbers(self.folded, with_one=True)]:
-            self.numbers.append((number.value, number.base, self.units_after(number)))
+            units = self.units_after(number)
+            self.numbers.append((number.value, number.base, units))
+            if not _REFERENCE_BEFORE.search(self.folded[max(0, number.start - 12):number.start]):  # no page number
+                self.kinds.setdefault(number.value, set()).update({_DIMENSION_OF.get(u) for u in units} or {None})
         self.dates = [reading for _, _, readings in _dates(self.folded) for reading in readings]
         self.years = {int(v) for v, _, _ in self.numbers if v == v.to_integral_value() and 1000 <= v <= 2999}
 
@@ -638,7 +642,8 @@ def _quantity_mismatches(found: Sequence[tuple[Claim, object]], asked: set[str],
             kinds = _kinds_given(number.value, chunks) if bare else {None}  # type: ignore[attr-defined]
             if not kinds or None in kinds or kinds & (asked | _ANY_QUANTITY):
                 return []  # it may be the quantity asked: nothing to tell
-            given.append((claim, " or ".join(_a(d) for d in sorted(kinds)), "in the retrieved text only as "))  # type: ignore[arg-type]
+            only = " or ".join(_a(kind) for kind in sorted(kinds))  # type: ignore[arg-type]
+            given.append((claim, only, "in the retrieved text only as "))
             continue
         if dimension in asked or dimension in _ANY_QUANTITY:
             return []
@@ -660,14 +665,7 @@ def _bare(folded: str, end: int) -> bool:
 
 def _kinds_given(value: Decimal, chunks: Sequence["_Chunk"]) -> set[str | None]:
     """The kinds of quantity the passages give `value` with (None: with no unit); page and section numbers aside."""
-    kinds: set[str | None] = set()
-    for chunk in chunks:
-        for number in [*_digit_numbers(chunk.folded), *_word_numbers(chunk.folded, with_one=True)]:
-            if number.value != value or _REFERENCE_BEFORE.search(chunk.folded[max(0, number.start - 12):number.start]):
-                continue
-            units = chunk.units_after(number)
-            kinds |= {_DIMENSION_OF.get(unit) for unit in units} if units else {None}
-    return kinds
+    return {kind for chunk in chunks for kind in chunk.kinds.get(value, ())}
 
 
 def _anchor_mismatches(chunks: Sequence["_Chunk"], question: str) -> list[tuple[Claim, str]]:
