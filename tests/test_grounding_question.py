@@ -191,6 +191,15 @@ def test_a_question_whose_codes_and_years_are_retrieved_or_unnamed_is_not_flagge
             if "which the question asks about" in why] == []
 
 
+def test_a_unit_in_words_stands_by_its_number():
+    """The 1.5B model's answer to the flow-rate question (session 13): "30" is in the text only as "30 days"."""
+    question = "What is the maximum flow rate of the Hydra-7 pump in cubic metres per hour?"
+    said = "The maximum flow rate of the Hydra-7 pump is approximately 30 cubic meters per hour."
+    assert check(said, [ONBOARDING, PASSAGES[0]], question=question).missing == ["30 cubic"]
+    flow = make_hit("f1", "Rated flow: 30 m³/h at 42 bar.", source="datasheet.pdf")
+    assert check("It delivers 30 cubic metres per hour.", [flow], question=question).grounded
+
+
 def test_an_adverb_does_not_hide_a_decline():
     assert is_abstention("The maximum suction lift is not explicitly stated in any of the documents.")
     assert not is_abstention("The suction lift is stated explicitly: 6 metres.")

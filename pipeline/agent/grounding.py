@@ -114,7 +114,7 @@ for _canon, _names in {
     "km": "km kilometre kilometres kilometer kilometers", "in": "inch inches", "ft": "ft foot feet",
     "kg": "kg kilogram kilograms kilo kilos", "g": "g gram grams", "mg": "mg milligram milligrams",
     "t": "t tonne tonnes ton tons", "lb": "lb lbs", "l": "l litre litres liter liters", "ml": "ml millilitre "
-    "millilitres milliliter milliliters", "m3": "m3 m³", "gal": "gal gallon gallons", "w": "w watt watts",
+    "millilitres milliliter milliliters", "m3": "m3 m³ cubic", "gal": "gal gallon gallons", "w": "w watt watts",
     "kw": "kw kilowatt kilowatts", "mw": "mw megawatt megawatts", "v": "v volt volts", "a": "a amp amps ampere "
     "amperes", "hz": "hz hertz", "khz": "khz", "rpm": "rpm", "b": "b byte bytes", "kb": "kb kilobyte kilobytes",
     "mb": "mb megabyte megabytes", "gb": "gb gigabyte gigabytes", "tb": "tb terabyte terabytes", "kib": "kib",
@@ -122,7 +122,8 @@ for _canon, _names in {
 }.items():
     for _name in _names.split():
         _UNITS[_name] = _canon
-_COMPATIBLE = {"degree": {"degree", "celsius", "fahrenheit", "kelvin"}}  # "80 degrees" is met by "80 °C"
+# "80 degrees" is met by "80 °C"; "30 cubic metres (per hour)" by "30 m³/h"
+_COMPATIBLE = {"degree": {"degree", "celsius", "fahrenheit", "kelvin"}, "m3": {"m3", "m3/h"}}
 _CURRENCY_SYMBOLS = {"$": "usd", "€": "eur", "£": "gbp", "¥": "jpy"}
 _CURRENCY_CODES = {"usd", "eur", "gbp", "nok", "sek", "dkk", "chf", "jpy", "us$"}
 _CURRENCY_BEFORE = re.compile(r"(?:([$€£¥])|\b(" + "|".join(map(re.escape, sorted(_CURRENCY_CODES))) + r"))\s?$")
