@@ -122,6 +122,7 @@ def test_a_chunk_id_given_as_a_value_is_mismatched():
     f"The Hydra-7 is rated for 42 bar; see chunk ids p09 and {CHUNK_ID}.",
     f"The Hydra-7 is rated for 42 bar. Sources: p09, {CHUNK_ID}",
     "The Hydra-7 is rated for 42 bar (chunk_id_12345).",  # an invented citation: the citation check's business
+    f"The Hydra-7 is rated for 42 bar. The chunk id is {CHUNK_ID}.",  # in prose (the 1.5B model, session 13)
 ])
 def test_a_chunk_id_cited_is_no_claim(answer_text):
     verdict = check(answer_text, PASSAGES, question="What is the maximum pressure of the Hydra-7?")

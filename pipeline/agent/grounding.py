@@ -590,7 +590,7 @@ _NOT_ASKED_UNITS = {"second", "foot", "in", "min", "ms"}
 _ANY_QUANTITY = {"share"}  # a percentage can answer any quantity question ("up 7.2 percent")
 _ID_WORDS = {"chunk_id", "chunk_ids", "chunk-id", "chunk-ids", "chunkid"}  # our vocabulary, never a claim
 _ID_LABEL = re.compile(r"(?:\bchunks?(?:[\s_-]*ids?)?|\bids?|\bsources?|\bcitations?|\bcited|\bcites?|\bsee|"
-                       r"\brefs?)\s*[:=#]?\s*$|[(\[]\s*$", re.IGNORECASE)
+                       r"\brefs?)(?:\s+(?:is|was|are|were))?\s*[:=#]?\s*$|[(\[]\s*$", re.IGNORECASE)  # "the chunk id is"
 _ID_LISTED = re.compile(r"([\w-]+)\s*(?:,|;|/|&|\band|\bor)\s*$", re.IGNORECASE)  # an earlier id of a list
 _CHUNK_ID_SHAPE = re.compile(r"^(?:[0-9a-f]{12,}|chunk[\w-]*)$")
 
