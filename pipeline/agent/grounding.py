@@ -681,13 +681,12 @@ def _anchor_mismatches(chunks: Sequence["_Chunk"], question: str) -> list[tuple[
     mismatched = []
     for start, claim, data in _extract(normalize(question)):
         if claim.kind == "number" and _is_year(data):  # type: ignore[arg-type]
-            named = sorted({y for c in chunks for y in c.years if 1900 <= y <= 2100})
+            named = sorted({y for c in chunks for y in c.years if y in _YEARS})
             others = [] if int(data.value) in named else [str(y) for y in named]  # type: ignore[attr-defined]
         elif claim.kind == "identifier" and not any(c.supports(claim, data) for c in chunks):
             code = _FAMILY.match(_fold(claim.text))
-            written = claim.text[:len(code.group(1))] + (code.group(2) or "-") if code else ""
             members = {m for c in chunks for m in _members(c, code.group(1))} if code else set()
-            others = [f"{written}{m.upper()}" for m in sorted(members)]
+            others = _written_as(claim.text, code, members) if code else []
             if not others and (code is None or _NAMED_AS_OBJECT.search(_fold(question)[:start])):
                 mismatched.append((claim, f'"{claim.text}", which the question asks about, is in none of the '
                                           "retrieved passages"))
@@ -703,8 +702,11 @@ _NAMED_AS_OBJECT = re.compile(r"\b(?:code|error|option|parameter|setting|flag|me
                               r"field|key|status|alarm|fault|warning|register|part number)\s*[`'\"]?$")
 
 
+_YEARS = range(1900, 2101)  # the years a question or an answer names beside a quantity
+
+
 def _is_year(number: _Number) -> bool:
-    return number.unit is None and number.value == number.value.to_integral_value() and 1900 <= number.value <= 2100
+    return number.unit is None and number.value == number.value.to_integral_value() and int(number.value) in _YEARS
 
 
 def _a(noun: str) -> str:
@@ -730,10 +732,15 @@ def _subject_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence[
         code = _FAMILY.match(_fold(subject))
         others = _other_members(values, chunks, code.group(1), code.group(3)) if code and values else set()
         if code and others:
-            written = subject[:len(code.group(1))] + (code.group(2) or "-")
-            about = " or ".join(f"{written}{m.upper()}" for m in sorted(others))
+            about = " or ".join(_written_as(subject, code, others))
             return [(claim, f'"{claim.text}" is only in passages about {about}, not {subject}') for claim, _ in values]
     return []
+
+
+def _written_as(code_text: str, code: re.Match, members: set[str]) -> list[str]:
+    """Other `members` of a code's family spelled as the code is (`Hydra-5` and {"7"}: ["Hydra-7"]), sorted."""
+    written = code_text[:len(code.group(1))] + (code.group(2) or "-")
+    return [f"{written}{member.upper()}" for member in sorted(members)]
 
 
 def _other_members(values: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], family: str,
