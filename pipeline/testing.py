@@ -25,6 +25,10 @@ from pipeline.types import Hit, SearchResult
 
 _ids = itertools.count(1)
 
+# How long a test waits for a child process that loads models before calling it hung: a guard, not a speed check.
+# Generous because other work on a shared 2-core machine has slowed such a child tenfold (300 s was once too few).
+CHILD_TIMEOUT = 1200
+
 
 def tool_reply(name: str, arguments: dict[str, Any] | str, *, content: str | None = None,
                call_id: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0) -> ChatReply:

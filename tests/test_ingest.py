@@ -16,6 +16,7 @@ from pipeline.config import Settings
 from pipeline.ingest import local as ingest
 from pipeline.ingest.local import ingest_directory
 from pipeline.archive.store import Archive, StoreError
+from pipeline.testing import CHILD_TIMEOUT
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +159,7 @@ def test_sigkill_then_rerun_equals_a_clean_run(killed_corpus, tmp_path, embedder
     crashed = tmp_path / "crashed"
     env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent), "PAGEFAULT_FAULT": f"{fault}=kill"}
     proc = subprocess.run([sys.executable, "-c", KILLER, str(corpus), str(crashed), str(workers)],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
     assert proc.returncode == -9, proc.stderr[-2000:]
     said = [line for line in proc.stderr.splitlines() if line.startswith(f"fault point {fault}: SIGKILL pid ")]
     assert said, proc.stderr[-2000:]

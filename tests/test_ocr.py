@@ -24,6 +24,7 @@ from pipeline.ingest.local import ingest_directory
 from pipeline.ingest.ocr import PageReader
 from pipeline.ingest.parse import ParseError, parse
 from pipeline.scans import CLEAN_300, PASSAGES, POOR, SAMPLES, Scan, cer, write_pdf
+from pipeline.testing import CHILD_TIMEOUT
 from pipeline.types import LOW_OCR_CONFIDENCE
 
 TYPED = ("The Hydra-7 pump is installed on a level concrete foundation. The operator checks the alignment of the "
@@ -231,7 +232,7 @@ def test_sigkill_during_ocr_then_rerun_equals_a_clean_run(tmp_path, embedder):
     crashed = tmp_path / "crashed"
     env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)}
     proc = subprocess.run([sys.executable, "-c", KILLER, str(corpus), str(crashed)], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=CHILD_TIMEOUT)
     assert proc.returncode == -9, proc.stderr[-2000:]
     workers = [int(pid) for pid in proc.stdout.split()]
     assert len(workers) == 2 and all(gone(pid, within=20) for pid in workers), "OCR workers outlived their parent"

@@ -14,6 +14,7 @@ ray = pytest.importorskip("ray")
 from conftest import write_pdf  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.ingest.local import ingest_directory  # noqa: E402
+from pipeline.testing import CHILD_TIMEOUT  # noqa: E402
 from test_ray_ingest import assert_same_store  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -43,7 +44,8 @@ def test_ingest_on_a_two_node_cluster_stores_what_the_local_engine_stores(tmp_pa
     env = {k: v for k, v in os.environ.items() if k not in ("ANALYZE_ENGINE", "RAY_ADDRESS")}
     proc = subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", "ingest", str(corpus),
                            "--store", str(tmp_path / "ray"), "--engine", "ray", "--ray-address", two_nodes.address,
-                           "-q"], env=env | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=400)
+                           "-q"], env=env | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "4 new" in proc.stdout
     assert_same_store(tmp_path / "ray", local.store)

@@ -25,6 +25,7 @@ from pipeline.cli import main  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.ingest.local import ingest_directory  # noqa: E402
 from pipeline.ingest.ray import ingest_directory_ray  # noqa: E402
+from pipeline.testing import CHILD_TIMEOUT  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent
@@ -130,7 +131,7 @@ def test_driver_killed_after_the_chunk_commit_then_rerun_equals_a_clean_run(tmp_
     # the killed driver joins the module's Ray (as a driver joins a cluster), so no Ray is started for it
     env = os.environ | {"PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     proc = subprocess.run([sys.executable, "-c", KILLER, str(corpus), str(crashed)], env=env, capture_output=True,
-                          text=True, timeout=400)
+                          text=True, timeout=CHILD_TIMEOUT)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert Archive.open(crashed).count() > 0 and not Archive.open(crashed).document_rows().get("long.pdf")
     ingest_directory_ray(corpus, Settings.from_env(store=crashed), progress=False, embedder=embedder)

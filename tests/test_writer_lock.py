@@ -18,6 +18,7 @@ from pipeline.archive.store import Archive
 from pipeline.cli import main
 from pipeline.config import Settings
 from pipeline.ingest.local import ingest_directory
+from pipeline.testing import CHILD_TIMEOUT
 from test_ingest import snapshot
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def test_two_concurrent_ingests_end_equal_to_one_clean_ingest(tmp_path, embedder
     command = [*ANALYZE, "ingest", str(corpus), "--store", str(store), "-q", "--wait", "300", "--workers", "1"]
     first = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    outputs = [p.communicate(timeout=300) for p in (first, second)]
+    outputs = [p.communicate(timeout=CHILD_TIMEOUT) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outputs
     summaries = sorted(out.strip() for out, _ in outputs)
     assert summaries[0].startswith("ingest: 0 new, 0 changed, 4 unchanged")  # the later one found it all done
