@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.agent.citations import repaired
 from pipeline.agent.guards import closest_sentence, repeats_question
 from pipeline.agent.loop import answer
+from pipeline.agent.tokens import TokenCounter
 from pipeline.config import Settings
 from pipeline.llm import ChatReply
 from pipeline.testing import ScriptedChatClient, json_reply, make_hit, text_reply
@@ -235,16 +236,55 @@ def test_an_unsupported_answer_is_shown_the_closest_sentence_it_was_shown(tiny_a
     assert result.status == "ok" and result.answer == "Replace the seals every 500 hours." and result.grounded
 
 
-def test_a_call_cut_off_at_the_reply_limit_is_told_so(tiny_archive):
-    """q04/q09 (session 11): a note written past the 320-token reply reserve came back as 'Unterminated string'."""
-    cut = '{"function": "core_memory_append", "arguments": {"name": "notes", "content": "The seals are replaced'
-    client = ScriptedChatClient([json_reply(SEARCH, {"query": "seals replaced hours"}),
-                                 ChatReply(content=cut, completion_tokens=320, finish_reason="length"),
-                                 ChatReply(content=cut + " every", finish_reason="stop"),
+CUT = '{"function": "core_memory_append", "arguments": {"name": "notes", "content": "The seals are replaced'
+
+
+def cut_off() -> ChatReply:
+    return ChatReply(content=CUT, completion_tokens=320, finish_reason="length")
+
+
+def test_a_call_cut_off_at_the_reply_limit_is_asked_again_with_room_to_end(tiny_archive):
+    """h11 (session 13): one note, a chunk copied whole, was cut off at the 320-token reply reserve eleven times over.
+    Asked again with four times the limit (room the window has), the call ends and runs: no step is lost."""
+    whole = json_reply("core_memory_append", {"name": "notes", "content": "The seals are replaced every 500 hours."})
+    client = ScriptedChatClient([json_reply(SEARCH, {"query": "seals replaced hours"}), cut_off(), whole,
                                  json_reply("send_message", {"message": "Replace the seals every 500 hours."})])
     result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
     assert result.status == "ok" and result.answer == "Replace the seals every 500 hours."
+    assert [r["max_tokens"] for r in client.requests] == [320, 320, 1280, 320]
+    assert client.requests[2]["messages"] == client.requests[1]["messages"]  # the same request, a wider limit
+    assert [s.function for s in result.steps][:3] == [SEARCH, "core_memory_append", "send_message"]
+    assert "The seals are replaced every 500 hours." in str(client.requests[3]["messages"][0])  # in working memory
+
+
+def test_a_call_still_cut_off_is_told_so_and_two_wider_tries_are_the_most(tiny_archive):
+    """q04/q09 (session 11): a note written past the reply reserve came back as 'Unterminated string'. A reply
+    still cut off at the wider limit is told so, and two wider tries a question are the most: a model that loops
+    spends its own steps, not the run's time."""
+    client = ScriptedChatClient([json_reply(SEARCH, {"query": "seals replaced hours"}),
+                                 cut_off(), cut_off(),  # widened, still cut: told
+                                 cut_off(), cut_off(),  # widened again, still cut: told
+                                 cut_off(),  # the wider tries spent: told at once
+                                 ChatReply(content=CUT + " every", finish_reason="stop"),
+                                 json_reply("send_message", {"message": "Replace the seals every 500 hours."})])
+    result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
+    assert result.status == "ok" and result.answer == "Replace the seals every 500 hours."
+    assert [r["max_tokens"] for r in client.requests] == [320, 320, 1280, 320, 1280, 320, 320, 320]
     told = [s.result for s in result.steps if s.function == "(malformed reply)"]
-    assert told[0].startswith("Failed: your reply was cut off at the 320-token limit before its JSON ended")
-    assert "cut off" not in told[1] and "not a valid function call" in told[1]  # an unfinished reply that was not cut
-    assert "send a shorter call" in shown(client.requests[2])
+    assert told[0].startswith("Failed: your reply was cut off at the 1280-token limit before its JSON ended")
+    assert told[1].startswith("Failed: your reply was cut off at the 1280-token limit")
+    assert told[2].startswith("Failed: your reply was cut off at the 320-token limit")
+    assert "cut off" not in told[3] and "not a valid function call" in told[3]  # an unfinished reply that was not cut
+    assert "send a shorter call" in shown(client.requests[3])
+
+
+def test_the_wider_limit_never_takes_a_request_past_the_window(tiny_archive):
+    """At 2048 tokens four times the 192-token reserve does not fit beside the prompt: the retry gets the room left."""
+    client = ScriptedChatClient([json_reply(SEARCH, {"query": "seals replaced hours"}), cut_off(),
+                                 json_reply("send_message", {"message": "Replace the seals every 500 hours."})])
+    result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings(context_window=2048))
+    assert result.status == "ok"
+    first, retry = client.requests[1], client.requests[2]
+    prompt = TokenCounter().request(retry["messages"], retry["tools"], retry["response_format"])
+    assert first["max_tokens"] == 192 and retry["messages"] == first["messages"]
+    assert 192 < retry["max_tokens"] == min(4 * 192, 2048 - prompt)

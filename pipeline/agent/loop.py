@@ -56,6 +56,10 @@ Functions:
 
 FORCE_ANSWER = ("[system] Step limit reached. Answer now with send_message, using only what you have "
                 "retrieved; if you found nothing, say that the documents do not answer the question.")
+# measured (session 13): the 1.5B model sent one note, a retrieved chunk copied whole, cut off at the 320-token
+# reply reserve eleven times over; asked again with room to end it, such a call completes (the tools cut notes)
+WIDER_REPLY = 4  # a cut-off reply is asked again with this many times the reply reserve, where the window has room
+WIDENED_RETRIES = 2  # per question
 EMPTY_REPLY = "[system] Your reply was empty. Call a function, or give your answer with send_message."
 
 
@@ -121,6 +125,7 @@ class _Run:
         self.steps_taken = 0
         self.looked_again = False  # the grounding check's one more look has been given
         self.reread = False  # an abstention was sent back once to a chunk that matches the question closely
+        self.widened = 0  # cut-off replies asked again with a wider reply limit (at most WIDENED_RETRIES)
 
     # -- driving
 
@@ -154,10 +159,7 @@ class _Run:
         tools, response_format = self._request_shape(forced=forced)
         messages = self.context.build(tools, response_format, self._summarize)
         estimate = self.context.counter.request(messages, tools, response_format)
-        reply = self.client.complete(messages, tools=tools, response_format=response_format,
-                                     max_tokens=self.context.budget.reply)
-        self._count(reply)
-        self.context.counter.observe(estimate, reply.prompt_tokens)
+        reply, limit = self._complete(messages, tools, response_format, estimate)
         parsed = parse_reply(reply, json_mode=self.json_mode, step=self.steps_taken)
         if isinstance(parsed, Empty):
             self.context.append({"role": "assistant", "content": ""})
@@ -167,7 +169,7 @@ class _Run:
         if isinstance(parsed, Malformed):
             reason = parsed.reason
             if reply.finish_reason == "length":  # measured: the 1.5B model's long notes ran past the reply reserve
-                reason = (f"your reply was cut off at the {self.context.budget.reply}-token limit before its JSON "
+                reason = (f"your reply was cut off at the {limit}-token limit before its JSON "
                           "ended; send a shorter call (a note is one or two sentences: the fact and its chunk id)")
             self.context.append({"role": "assistant", "content": reply.content})
             self.context.append({"role": "user", "content": f"[function result]\n{Outcome.failed(reason).text}"})
@@ -191,6 +193,30 @@ class _Run:
             if outcome.final:
                 done = self._deliver(outcome)
         return done
+
+    def _complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                  response_format: dict[str, Any] | None, estimate: int) -> tuple[ChatReply, int]:
+        """The model's reply to one request (prompt `estimate` tokens) and the reply limit it was given: a reply
+        cut off at the reserve before its JSON ended is asked again, once, with a wider limit where one fits."""
+        limit = self.context.budget.reply
+        reply = self.client.complete(messages, tools=tools, response_format=response_format, max_tokens=limit)
+        self._count(reply)
+        self.context.counter.observe(estimate, reply.prompt_tokens)
+        cut = reply.finish_reason == "length" and isinstance(parse_reply(reply, json_mode=self.json_mode, step=0),
+                                                               Malformed)
+        if cut and (wider := self._wider_limit(max(estimate, reply.prompt_tokens))):
+            self.log(f"step {self.steps_taken}: reply cut off at the {limit}-token limit: asked again with {wider}")
+            limit, self.widened = wider, self.widened + 1
+            reply = self.client.complete(messages, tools=tools, response_format=response_format, max_tokens=limit)
+            self._count(reply)
+        return reply, limit
+
+    def _wider_limit(self, prompt: int) -> int | None:
+        """The reply limit for asking a cut-off reply again: WIDER_REPLY times the reserve, within the room a
+        `prompt` of that many tokens leaves in the window; None when no wider limit fits or the retries are spent."""
+        budget = self.context.budget
+        wider = min(WIDER_REPLY * budget.reply, budget.window - prompt)
+        return wider if wider > budget.reply and self.widened < WIDENED_RETRIES else None
 
     def _append_calls(self, parsed: Calls, reply: ChatReply) -> None:
         """The model's own call message, as the next requests will show it."""
