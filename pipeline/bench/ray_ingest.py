@@ -13,8 +13,8 @@ before it opened (about 5% too fast for two actors and ten batches each). `start
 batch, `steady_from_s` to the N-th (start and model loads included); a run with N batches or fewer has no
 steady rate.
 Ratios, whole-run and steady: ray/local ingest chunks/s (target >= 0.85), two 1-CPU nodes / one 1-CPU node
-(target >= 1.7); s3/local ingest chunks/s and search p50 (moto on 127.0.0.1, so the S3 protocol's cost without a
-network's).
+(target >= 1.7; each node pinned to a core of its own, the driver to the head's: `_cluster_rate`); s3/local
+ingest chunks/s and search p50 (moto on 127.0.0.1, so the S3 protocol's cost without a network's).
 """
 
 from __future__ import annotations
@@ -77,16 +77,35 @@ def _ray_rate(docs: Path, store: Path, actors: int, **init) -> dict:
     return _figures(report, actors) | {"ray_start_s": round(startup, 2)}
 
 
+@contextlib.contextmanager
+def _on_core(core: int) -> Iterator[None]:
+    """This process (and what it starts meanwhile, which inherits it) on one core; the cores it had, after."""
+    had = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, had)
+
+
 def _cluster_rate(docs: Path, store: Path, nodes: int) -> dict:
+    """A local cluster of `nodes` 1-CPU nodes, each node's processes (raylet, object store, workers) pinned to a
+    core of its own and the driver to the head node's, as on a real cluster of 1-CPU machines: unpinned, one
+    1-CPU node would borrow the second core for its driver, parse and write tasks, and its rate would not be
+    one CPU's."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 256 << 20,
-                                                            "include_dashboard": False})
-    for _ in range(nodes - 1):
-        cluster.add_node(num_cpus=1, object_store_memory=256 << 20)
+    cores = sorted(os.sched_getaffinity(0))
+    with _on_core(cores[0]):
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 256 << 20,
+                                                                "include_dashboard": False})
+    for n in range(1, nodes):
+        with _on_core(cores[n % len(cores)]):
+            cluster.add_node(num_cpus=1, object_store_memory=256 << 20)
     cluster.wait_for_nodes()
     try:
-        return _ray_rate(docs, store, nodes, address=cluster.address) | {"nodes": nodes}
+        with _on_core(cores[0]):
+            return _ray_rate(docs, store, nodes, address=cluster.address) | {"nodes": nodes, "pinned": True}
     finally:
         cluster.shutdown()
 
