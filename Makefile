@@ -45,11 +45,14 @@ DEMO_OUT := outputs/demo.jsonl
 DEMO_LOG := outputs/demo.llama.log
 LOCAL_STAMP := .venv/.installed-local
 
-# llama-cpp-python builds from source here (no CPU wheel on PyPI): 10-20 minutes on 2 cores, once;
-# pip keeps the built wheel in its cache for later venvs.
+# llama-cpp-python builds from source here (no CPU wheel on PyPI): 5-20 minutes on 2 cores, once;
+# pip keeps the built wheel in its cache for later venvs. Built for AVX2, not for this CPU: a native build
+# (-march=native) died with a general protection fault in libggml-cpu at the first completion on an Intel Xeon
+# VM that reports AMX and AVX-512 FP16 (session 14), and a cached native wheel breaks on the next machine.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 $(LOCAL_STAMP): $(STAMP)
-	@echo "installing .[local,test]: llama-cpp-python builds from source the first time (10-20 minutes on 2 cores) ..."
-	$(PY) -m pip install -q -e '.[local,test]'
+	@echo "installing .[local,test]: llama-cpp-python builds from source the first time (5-20 minutes on 2 cores) ..."
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -e '.[local,test]'
 	touch $@
 
 demo: $(LOCAL_STAMP)
