@@ -50,6 +50,7 @@ def mismatched(answer_text: str, question: str, hits=PASSAGES) -> dict[str, str]
     ("How many months does the Hydra-7 warranty last?", {"duration"}),
     ("After how many operating hours must the seal be replaced?", {"duration"}),
     ("What is the maximum flow rate in cubic metres per hour?", {"flow rate", "volume"}),
+    ("What is the maximum rotational speed of the pump in revolutions per minute?", {"frequency"}),
     ("What pressure may the pump see at 80 °C?", {"pressure"}),  # a unit given with a number is a condition
     ("How many pumps had worn bearings?", set()),
     ("Who handles warranty claims for the Hydra-7?", set()),
@@ -68,6 +69,9 @@ def test_the_kind_of_quantity_a_question_asks_for(question, expected):
       "80 degrees": '"80 degrees" is a temperature, but the question asks for a power'}),
     ("What is the retail price of the Hydra-7 pump in US dollars?", "The price is 4000 hours.",
      {"4000 hours": '"4000 hours" is a duration, but the question asks for an amount of money'}),
+    ("What is the maximum rotational speed of the Hydra-7 in revolutions per minute?",  # h25 (session 14)
+     "The maximum rotational speed of the Hydra-7 is 42 bar.",
+     {"42 bar": '"42 bar" is a pressure, but the question asks for a frequency'}),
 ])
 def test_a_value_of_another_kind_than_asked_is_mismatched(question, answer_text, reasons):
     assert mismatched(answer_text, question) == reasons
@@ -86,6 +90,13 @@ def test_a_value_of_another_kind_than_asked_is_mismatched(question, answer_text,
 ])
 def test_the_kind_asked_or_a_bare_number_is_not_flagged(question, answer_text):
     assert mismatched(answer_text, question) == {}
+
+
+def test_a_speed_in_revolutions_answers_a_question_in_revolutions_per_minute():
+    hits = [make_hit("d08", "The impeller turns at 2,900 rpm at 50 Hz.", source="datasheet.pdf", page=8)]
+    question = "What is the rotational speed of the pump in revolutions per minute?"
+    for answer_text in ("It turns at 2,900 rpm.", "2900 revolutions per minute."):
+        assert check(answer_text, hits, question=question).grounded, answer_text
 
 
 # ------------------------------------------------------------------------------------ rule 2: the code family

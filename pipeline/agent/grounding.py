@@ -116,7 +116,7 @@ for _canon, _names in {
     "t": "t tonne tonnes ton tons", "lb": "lb lbs", "l": "l litre litres liter liters", "ml": "ml millilitre "
     "millilitres milliliter milliliters", "m3": "m3 m³ cubic", "gal": "gal gallon gallons", "w": "w watt watts",
     "kw": "kw kilowatt kilowatts", "mw": "mw megawatt megawatts", "v": "v volt volts", "a": "a amp amps ampere "
-    "amperes", "hz": "hz hertz", "khz": "khz", "rpm": "rpm", "b": "b byte bytes", "kb": "kb kilobyte kilobytes",
+    "amperes", "hz": "hz hertz", "khz": "khz", "rpm": "rpm r/min revolution revolutions", "b": "b byte bytes", "kb": "kb kilobyte kilobytes",
     "mb": "mb megabyte megabytes", "gb": "gb gigabyte gigabytes", "tb": "tb terabyte terabytes", "kib": "kib",
     "mib": "mib", "gib": "gib", "tib": "tib", "m3/h": "m3/h m³/h", "l/min": "l/min", "db": "db dba decibel decibels",
 }.items():
@@ -584,7 +584,8 @@ _ASKED_BY_WORD = {word: dimension for dimension, words in {
     "frequency": "frequency", "length": "length width height diameter depth distance",
     "duration": "duration interval intervals lifetime life period often",
 }.items() for word in words.split()}
-_ASKED_PHRASES = {"how long": {"duration", "length"}, "flow rate": {"flow rate"}, "cubic": {"volume"}}
+_ASKED_PHRASES = {"how long": {"duration", "length"}, "flow rate": {"flow rate"}, "cubic": {"volume"},
+                  "revolutions per minute": {"frequency"}, "rotational speed": {"frequency"}}
 # unit words that are also ordinary words or letters in a question ("the second pump", "foot valve", "a")
 _NOT_ASKED_UNITS = {"second", "foot", "in", "min", "ms"}
 _ANY_QUANTITY = {"share"}  # a percentage can answer any quantity question ("up 7.2 percent")
