@@ -347,3 +347,19 @@ def test_a_first_request_for_a_later_page_shows_page_0_first():
     assert "(page=0 of" in first and "chunk_id: r01" in first
     assert "(page=1 of" in second and "You asked" not in second and "chunk_id: r01" not in second
     assert result.status == "ok" and result.grounded and [c.chunk_id for c in result.citations] == ["r01"]
+
+
+def test_a_search_repeated_past_its_first_pages_is_also_told_to_answer_or_reword():
+    """q07 (session 14): one search repeated eleven times was served pages 2-9 in turn; its answer was on page 0."""
+    hits = long_hits(40)
+    same = {"query": "Pump  manual section"}
+    client = ScriptedChatClient([json_reply(SEARCH, same)] * 4 + [json_reply("send_message", {"message": "none"})],
+                                intercept=summaries())
+    answer(QUESTION, retriever=FakeRetriever(hits), client=client,
+           settings=Settings(context_window=8192, tool_mode="json", response_format="json_object"))
+    agent = [last_content(r) for r in client.requests if not is_summary_request(r)]
+    assert "here is page=1" in agent[2] and "Search with other words" not in agent[2]
+    third = agent[3]
+    assert "here is page=2, the next one you have not seen. You have now seen 3 pages of this search" in third
+    assert "later pages rank lower. Search with other words (words of the question not searched yet: torque" in third
+    assert "You have now seen 4 pages" in agent[4]

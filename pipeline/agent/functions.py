@@ -25,6 +25,9 @@ HIT_CHARS = 1500  # longest chunk text shown per hit
 RECALL_CHARS = 600  # longest message text shown per conversation_search hit
 RANKED = 50  # hits fetched when a query is first asked (more when the model pages past them)
 HEAD_TOKENS = 96  # room kept for a result page's header lines when sizing pages
+# measured (q07, session 14): the 1.5B model repeated one search eleven times and was served pages 2-9 in turn,
+# its answer on page 0; from the third page of a repeated search the page also says to answer or reword
+HINT_AFTER_PAGES = 3
 
 
 class Retriever(Protocol):
@@ -409,8 +412,11 @@ class Toolbox:
             if unseen is None:
                 return Outcome.failed(f"you have already seen every page of {query!r} (page=0 to page={pages - 1}, "
                                       f"all {ranking.total} {what}). {self._other_words()}")
+            seen = len(ranking.shown) + 1
+            hint = (f" You have now seen {seen} pages of this search, its best {seen * per_page} matches; later "
+                    f"pages rank lower. {self._other_words()}" if seen >= HINT_AFTER_PAGES else "")
             chosen = _Page(unseen, f"You already saw page={page} of this search; here is page={unseen}, the next "
-                                   "one you have not seen.\n")
+                                   f"one you have not seen.{hint}\n")
         ranking.shown.add(chosen.number)
         return chosen
 
