@@ -116,8 +116,9 @@ for _canon, _names in {
     "t": "t tonne tonnes ton tons", "lb": "lb lbs", "l": "l litre litres liter liters", "ml": "ml millilitre "
     "millilitres milliliter milliliters", "m3": "m3 m³ cubic", "gal": "gal gallon gallons", "w": "w watt watts",
     "kw": "kw kilowatt kilowatts", "mw": "mw megawatt megawatts", "v": "v volt volts", "a": "a amp amps ampere "
-    "amperes", "hz": "hz hertz", "khz": "khz", "rpm": "rpm r/min revolution revolutions", "b": "b byte bytes", "kb": "kb kilobyte kilobytes",
-    "mb": "mb megabyte megabytes", "gb": "gb gigabyte gigabytes", "tb": "tb terabyte terabytes", "kib": "kib",
+    "amperes", "hz": "hz hertz", "khz": "khz", "rpm": "rpm r/min revolution revolutions", "b": "b byte bytes",
+    "kb": "kb kilobyte kilobytes", "mb": "mb megabyte megabytes", "gb": "gb gigabyte gigabytes",
+    "tb": "tb terabyte terabytes", "kib": "kib",
     "mib": "mib", "gib": "gib", "tib": "tib", "m3/h": "m3/h m³/h", "l/min": "l/min", "db": "db dba decibel decibels",
 }.items():
     for _name in _names.split():

@@ -19,7 +19,8 @@ from pipeline.agent.functions import FINAL, Outcome, Retriever, Toolbox, describ
 from pipeline.agent.grounding import Grounding, check, explain, is_abstention, look_again_note, strict_abstention
 from pipeline.agent.guards import closest_sentence
 from pipeline.agent.recall import Recall
-from pipeline.agent.replies import Calls, Empty, Malformed, PlainText, kept_arguments, parse_reply
+from pipeline.agent.replies import (Calls, Empty, Malformed, ParsedReply, PlainText, kept_arguments,
+                                     parse_reply)
 from pipeline.agent.session import Session
 from pipeline.agent.tokens import TokenCounter
 from pipeline.llm import ChatClient, ChatReply, LLMError, ToolCall
@@ -159,8 +160,7 @@ class _Run:
         tools, response_format = self._request_shape(forced=forced)
         messages = self.context.build(tools, response_format, self._summarize)
         estimate = self.context.counter.request(messages, tools, response_format)
-        reply, limit = self._complete(messages, tools, response_format, estimate)
-        parsed = parse_reply(reply, json_mode=self.json_mode, step=self.steps_taken)
+        reply, parsed, limit = self._complete(messages, tools, response_format, estimate)
         if isinstance(parsed, Empty):
             self.context.append({"role": "assistant", "content": ""})
             self.context.append({"role": "user", "content": EMPTY_REPLY})
@@ -195,21 +195,22 @@ class _Run:
         return done
 
     def _complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                  response_format: dict[str, Any] | None, estimate: int) -> tuple[ChatReply, int]:
-        """The model's reply to one request (prompt `estimate` tokens) and the reply limit it was given: a reply
-        cut off at the reserve before its JSON ended is asked again, once, with a wider limit where one fits."""
+                  response_format: dict[str, Any] | None, estimate: int) -> tuple[ChatReply, ParsedReply, int]:
+        """The model's reply to one request (prompt `estimate` tokens), what it asks for, and the reply limit it was
+        given: a reply cut off at the reserve before its JSON ended is asked again with a wider limit where one fits."""
         limit = self.context.budget.reply
         reply = self.client.complete(messages, tools=tools, response_format=response_format, max_tokens=limit)
         self._count(reply)
         self.context.counter.observe(estimate, reply.prompt_tokens)
-        cut = reply.finish_reason == "length" and isinstance(parse_reply(reply, json_mode=self.json_mode, step=0),
-                                                               Malformed)
+        parsed = parse_reply(reply, json_mode=self.json_mode, step=self.steps_taken)
+        cut = isinstance(parsed, Malformed) and reply.finish_reason == "length"
         if cut and (wider := self._wider_limit(max(estimate, reply.prompt_tokens))):
             self.log(f"step {self.steps_taken}: reply cut off at the {limit}-token limit: asked again with {wider}")
             limit, self.widened = wider, self.widened + 1
             reply = self.client.complete(messages, tools=tools, response_format=response_format, max_tokens=limit)
             self._count(reply)
-        return reply, limit
+            parsed = parse_reply(reply, json_mode=self.json_mode, step=self.steps_taken)
+        return reply, parsed, limit
 
     def _wider_limit(self, prompt: int) -> int | None:
         """The reply limit for asking a cut-off reply again: WIDER_REPLY times the reserve, within the room a
