@@ -252,9 +252,9 @@ class FakeEndpoint:
 
 # ------------------------------------------------------------------------------------------- retriever
 
-def make_hit(chunk_id: str, text: str, *, source: str = "doc.txt", page: int | None = 1) -> Hit:
+def make_hit(chunk_id: str, text: str, *, source: str = "doc.txt", page: int | None = 1, heading: str = "") -> Hit:
     """A `Hit` for tests; score is filled in by `FakeRetriever`."""
-    return Hit(chunk_id=chunk_id, source=source, page=page, page_end=page, heading="", text=text, score=0.0)
+    return Hit(chunk_id=chunk_id, source=source, page=page, page_end=page, heading=heading, text=text, score=0.0)
 
 
 class FakeRetriever:

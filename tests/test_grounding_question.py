@@ -1,7 +1,8 @@
 """The grounding check's second half: a claim found in the retrieved text must also answer the question asked.
 
-Three rules: the kind of quantity asked against those given (a weight asked, "42 bar" given), a code family (the
-Hydra-5 asked, the value only in passages about the Hydra-7), and our own chunk ids never a value. Each is tested
+The rules: the kind of quantity asked against those given (a weight asked, "42 bar" given), a code family (the
+Hydra-5 asked, the value only in passages about the Hydra-7), our own chunk ids never a value, the question's codes
+and years retrieved, and the year or place of the sentences holding the value (2028 asked, the sentence about 2029). Each is tested
 on hand-written passages, then on the real demo store (LanceDB on disk, real embeddings) with cases generated
 from the demo's facts, and through the agent with a scripted client.
 """
@@ -201,6 +202,52 @@ def test_a_question_whose_codes_and_years_are_retrieved_or_unnamed_is_not_flagge
     hits = [CODES, make_hit("g1", "Use only Norrlube HT-220 on the bearings.", source="m.pdf"), PASSAGES[3]]
     assert [why for why in check("Norrlube HT-220, a blocked suction line.", hits, question=question).reasons.values()
             if "which the question asks about" in why] == []
+
+
+# ------------------------------------------------------------------------------------ rule 5: the year or place
+
+REPORT = make_hit("r03", "Revenue for 2029 reached 184.6 million euros, up 7.2 percent from 172.2 million euros in "
+                         "2028. Operating profit was 21.3 million euros. The board proposes a dividend of 4.10 euros per "
+                         "share.", source="norrvik_annual_report_2029.pdf", page=3, heading="Financial Highlights")
+MINUTES = make_hit("m08", "The board approved a budget of 2.4 million euros for the Tromso plant expansion, to be "
+                          "completed by the end of the second quarter of 2030.", source="board_minutes_2029-03.docx")
+VISIT = make_hit("v01", "Of the eleven Hydra-7 pumps installed at the Bergen water treatment plant, three pumps had worn "
+                        "bearings. Controller firmware updated on two units.", source="site_visit_bergen.html",
+                 heading="Site visit report: Bergen water treatment plant > Findings")
+
+
+@pytest.mark.parametrize("question, said, claim, reason", [
+    # the held-out misses of sessions 13-14 (h12, h22): the sentence names no year, the report's file name does
+    ("What was Norrvik Hydraulics' operating profit in 2028?", "21.3 million euros.", "21.3 million euros",
+     '"21.3 million euros" is given for 2029 in the retrieved passages, not for 2028'),
+    ("What dividend per share did Norrvik Hydraulics pay for 2028?", "A dividend of 4.10 euros per share.", "4.10 euros",
+     '"4.10 euros" is given for 2029 in the retrieved passages, not for 2028'),
+    ("What budget did the board approve in 2028 for the Tromso plant?", "2.4 million euros.", "2.4 million euros",  # the sentence's year
+     '"2.4 million euros" is given for 2030 in the retrieved passages, not for 2028'),
+    ("What budget did the board approve for the Stavanger plant?", "2.4 million euros.", "2.4 million euros",
+     '"2.4 million euros" is given for the Tromso plant in the retrieved passages, not the Stavanger plant'),
+    # h23: the sentence names the Bergen water treatment plant
+    ("How many Hydra-7 pumps are installed at the Stavanger plant?", "Eleven pumps.", "Eleven",
+     '"Eleven" is given for the Bergen plant in the retrieved passages, not the Stavanger plant'),
+])
+def test_a_value_whose_sentences_are_about_another_year_or_place_is_mismatched(question, said, claim, reason):
+    assert mismatched(said, question, [REPORT, MINUTES, VISIT]) == {claim: reason}
+
+
+@pytest.mark.parametrize("question, said", [
+    ("What was Norrvik Hydraulics' revenue in 2029?", "184.6 million euros, up 7.2 percent from 2028."),
+    ("What was the revenue in 2028?", "172.2 million euros."),  # the sentence names 2028 too
+    ("What budget did the board approve for the Tromso plant expansion?", "2.4 million euros."),
+    ("How many pumps at the Bergen water treatment plant had worn bearings?", "Three."),
+    ("How many units at the Stavanger plant got new firmware?", "Two units."),  # "two" is in a Stavanger sentence
+    ("What was the dividend in 2028?", "4.10 euros."),  # a passage with no year in its sentence or file name
+])
+def test_a_value_whose_sentences_name_the_questions_year_or_place_or_none_is_not_flagged(question, said):
+    hits = [REPORT, MINUTES, VISIT, make_hit("o1", "The Stavanger plant ran two shifts throughout the year.",
+                                            source="report.pdf")]
+    if "dividend" in question:
+        hits = [make_hit("d1", "The board proposes a dividend of 4.10 euros per share.", source="report.pdf")]
+    assert mismatched(said, question, hits) == {}
 
 
 def test_a_unit_in_words_stands_by_its_number():

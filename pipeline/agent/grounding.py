@@ -510,6 +510,7 @@ class _Chunk:
                 self.kinds.setdefault(number.value, set()).update({_DIMENSION_OF.get(u) for u in units} or {None})
         self.dates = [reading for _, _, readings in _dates(self.folded) for reading in readings]
         self.years = {int(v) for v, _, _ in self.numbers if v == v.to_integral_value() and 1000 <= v <= 2999}
+        self.body, self.setting = normalize(text), ""  # the passage's own text; its heading and file name
 
     def units_after(self, number: _Number) -> set[str]:
         """The units within four tokens after `number` in this chunk, and a currency before it."""
@@ -520,7 +521,9 @@ class _Chunk:
     @classmethod
     def of(cls, hit: Hit) -> "_Chunk":
         pages = set(range(hit.page, (hit.page_end or hit.page) + 1)) if hit.page is not None else set()
-        return cls(hit.chunk_id, f"{hit.text}\n{hit.heading}\n{hit.source}", pages)  # ids are ours, not text
+        chunk = cls(hit.chunk_id, f"{hit.text}\n{hit.heading}\n{hit.source}", pages)  # ids are ours, not text
+        chunk.body, chunk.setting = normalize(hit.text), normalize(f"{hit.heading}\n{hit.source}")
+        return chunk
 
     def supports(self, claim: Claim, data: object) -> bool:
         if claim.kind in ("quote", "name"):
@@ -567,9 +570,10 @@ class _Chunk:
 
 
 # ------------------------------------------------------------------------------------ does it answer the question?
-# A claim can be in the retrieved text and still not answer the question. Four rules, each one line to the user:
+# A claim can be in the retrieved text and still not answer the question. Five rules, each one line to the user:
 # the quantity asked against the quantities given, the question's codes in the passage that holds the value, our
-# own chunk ids given as a value, and the question's anchors in none of the retrieved text.
+# own chunk ids given as a value, the question's anchors in none of the retrieved text, and the question's year or
+# place against the one the sentences holding the value are about.
 
 _DIMENSION_OF = {canon: dimension for dimension, canons in {
     "pressure": "bar psi pa kpa mpa", "duration": "hour minute second ms day week month year",
@@ -759,6 +763,91 @@ def _other_members(values: Sequence[tuple[Claim, object]], chunks: Sequence["_Ch
     return others
 
 
+# Nouns that, after a proper name or before one, make it a place of the company's: "the Stavanger plant",
+# "the service centre in Bergen".
+_PLACE_NOUNS = ("plant", "site", "factory", "works", "mill", "centre", "center", "office", "branch", "facility",
+                "station", "depot", "warehouse", "terminal", "yard", "campus", "subsidiary", "division")
+_PLACE_NAME = r"[A-Z][^\W\d_]+"
+_NAME_NOUN = re.compile(rf"\b({_PLACE_NAME})((?:\s+[a-z][a-z-]*){{0,2}}?)\s+({'|'.join(_PLACE_NOUNS)})s?\b")
+_NOUN_NAME = re.compile(rf"\b({'|'.join(_PLACE_NOUNS)})s?\s+(?:(?:in|at)\s+)?({_PLACE_NAME})\b")
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[\"'(]?[A-Z0-9])|\n+")
+_YEAR_IN_NAME = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")  # in a file name: report_2029.pdf, minutes_2029-03
+
+
+def _places(text: str) -> set[tuple[str, str]]:
+    """The (name, place noun) pairs normalized `text` names: {("Stavanger", "plant")} for "the Stavanger plant"."""
+    found = set()
+    for match in _NAME_NOUN.finditer(text):
+        if match.group(1).lower() not in _COMMON and not set(match.group(2).split()) & _COMMON:
+            found.add((match.group(1), match.group(3)))
+    found |= {(name, noun) for noun, name in _NOUN_NAME.findall(text) if name.lower() not in _COMMON}
+    return found
+
+
+def _years_in(text: str) -> set[int]:
+    """The years `text` names as bare numbers (not "1,000-hour", not a quantity)."""
+    return {int(n.value) for n in _digit_numbers(_fold(text)) if _is_year(n)}
+
+
+def _setting_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], question: str,
+                        asked: "_Chunk") -> list[tuple[Claim, str]]:
+    """Rule 5: the question names a year (`2028`) or a place (`the Stavanger plant`), and every sentence holding
+    one of the answer's values is about another (2029; `the Tromso plant`) and not it.
+
+    A sentence naming no year (no such place) is about those its passage's heading and file name name
+    (`norrvik_annual_report_2029.pdf`: 2029); where they name none either, it is no evidence either way. The
+    answer's values are its numbers and dates the question does not hold, years aside.
+    """
+    text = normalize(question)
+    years = {int(d.value) for _, c, d in _extract(text) if c.kind == "number" and _is_year(d)}  # type: ignore
+    places = _places(text)
+    if not years and not places:
+        return []
+    values = [(claim, data) for claim, data in found if claim.kind in ("number", "date")
+              and not asked.supports(claim, data) and not (claim.kind == "number" and _is_year(data))]  # type: ignore
+    mismatched = []
+    for claim, data in values:
+        sentences = [(chunk, s) for chunk in chunks if chunk.supports(claim, data)
+                     for s in _SENTENCE_END.split(chunk.body) if _Chunk(chunk.chunk_id, s, set()).supports(claim, data)]
+        if not sentences:
+            continue
+        reason = _other_years(sentences, years, claim) or _other_places(sentences, places, text, claim)
+        if reason:
+            mismatched.append((claim, reason))
+    return mismatched
+
+
+def _other_years(sentences: Sequence[tuple["_Chunk", str]], years: set[int], claim: Claim) -> str | None:
+    """Why `claim` is about other years than the question's `years`, when every sentence holding it is."""
+    others: set[int] = set()
+    for chunk, sentence in sentences:
+        named = _years_in(sentence) or {int(y) for y in _YEAR_IN_NAME.findall(chunk.setting)}
+        if not years or not named or named & years:
+            return None
+        others |= named
+    return (f'"{claim.text}" is given for {", ".join(map(str, sorted(others)))} in the retrieved passages, not '
+            f'for {", ".join(map(str, sorted(years)))}')
+
+
+def _other_places(sentences: Sequence[tuple["_Chunk", str]], places: set[tuple[str, str]], question: str,
+                  claim: Claim) -> str | None:
+    """Why `claim` is about another place than the (normalized) `question`'s, when every sentence holding it is."""
+    for name, noun in sorted(places):
+        others: set[str] = set()
+        for chunk, sentence in sentences:
+            named = {n for n, kind in _places(sentence) if kind == noun} or \
+                {n for n, kind in _places(chunk.setting) if kind == noun}
+            named = {n for n in named if n not in question}
+            if not named or name in sentence:
+                others = set()
+                break
+            others |= named
+        if others:
+            return (f'"{claim.text}" is given for the {" or ".join(sorted(others))} {noun} in the retrieved passages, '
+                    f"not the {name} {noun}")
+    return None
+
+
 def _cites(text: str, start: int) -> bool:
     """The token at `start` stands where a citation does: after a label (`chunk ids`, `source:`) or a bracket,
     possibly after other ids of the same list."""
@@ -841,7 +930,8 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
             found.append((claim, data))
     if question and not declines:
         mismatched += _quantity_mismatches(found, asked_dimensions(question), chunks, text.casefold()) or \
-            _subject_mismatches(found, chunks, question, asked) or _anchor_mismatches(chunks, question)
+            _subject_mismatches(found, chunks, question, asked) or _anchor_mismatches(chunks, question) or \
+            _setting_mismatches(found, chunks, question, asked)
     return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))
 
 
