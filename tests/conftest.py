@@ -110,6 +110,19 @@ def demo_corpus(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def demo_archive(demo_corpus, tmp_path_factory, embedder):
+    """The demo corpus (`make demo`'s documents) ingested into a real store, once for the session; read-only."""
+    from pipeline.archive.store import Archive
+    from pipeline.config import Settings
+    from pipeline.ingest.local import ingest_directory
+
+    settings = Settings.from_env(store=tmp_path_factory.mktemp("demo-store") / "archive")
+    report = ingest_directory(demo_corpus[0], settings, progress=False, embedder=embedder)
+    assert report.failed == 0, report.failures
+    return Archive.open(settings.store, embedder=embedder)
+
+
+@pytest.fixture(scope="session")
 def tiny_archive(tmp_path_factory, embedder):
     """A real archive (LanceDB on disk, real embeddings) of a handful of small documents."""
     from pipeline.config import Settings

@@ -281,18 +281,6 @@ def test_the_notes_the_warning_and_the_abstention_say_why():
 
 # ------------------------------------------------------------------------------------ the real demo store
 
-@pytest.fixture(scope="module")
-def demo_archive(demo_corpus, tmp_path_factory, embedder):
-    """The demo corpus (`make demo`'s documents) ingested into a real store."""
-    from pipeline.archive.store import Archive
-    from pipeline.ingest.local import ingest_directory
-
-    settings = Settings.from_env(store=tmp_path_factory.mktemp("demo-store") / "archive")
-    report = ingest_directory(demo_corpus[0], settings, progress=False, embedder=embedder)
-    assert report.failed == 0, report.failures
-    return Archive.open(settings.store, embedder=embedder)
-
-
 ANSWERABLE = [f for f in FACTS if not f.unanswerable]
 
 

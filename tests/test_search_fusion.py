@@ -42,6 +42,17 @@ def test_fusion_rejects_unknown_methods():
         Fusion("mean")
 
 
+def test_an_identifier_in_many_chunks_does_not_bury_the_answer(demo_archive):
+    """The demo's q03 (session 15): "the Hydra-7", in 9 of the 224 chunks, put all of them ahead of the seal page
+    (10th); a rare identifier (E-117, in one) still ranks its chunk first."""
+    seal = demo_archive.search("After how many operating hours must the mechanical seal of the Hydra-7 be replaced?",
+                               mode="hybrid", top_k=5)
+    assert any("4,000 operating hours" in hit.text for hit in seal.hits)
+    assert sum("Hydra-7" in hit.text for hit in seal.hits) < 5
+    code = demo_archive.search("What does error code E-117 on the Hydra-7 controller mean?", mode="hybrid", top_k=1)
+    assert "E-117" in code.hits[0].text
+
+
 @pytest.fixture(scope="module")
 def identifier_archive(tmp_path_factory, embedder):
     """A real archive of generated manuals full of identifiers and their near-miss twins."""

@@ -28,6 +28,11 @@ COLUMNS = ["chunk_id", "source", "page", "page_end", "heading", "text", "ocr", "
 NPROBES = 20  # IVF partitions probed per vector query (when the table has a vector index)
 EXACT_HEAD = 64  # the vector ranking's first rows (at least; twice the rows up to the page shown) re-ranked exactly
 FEEDBACK_SHARE = 10  # feedback runs when the first pass found this many matches or more per feedback chunk
+# An identifier ranks its chunks first only while it is rare: in at most EXACT_RARE_SHARE of the chunks (or
+# EXACT_RARE_ROWS of them in a small table). One in more is a subject, not a key: "the Hydra-7" in a Hydra-7 manual
+# would put its nine mentions ahead of the page that answers (the demo's q03, session 15: the seal page 10th).
+EXACT_RARE_SHARE = 0.01
+EXACT_RARE_ROWS = 3
 
 
 PARTITION_ROWS = 1024  # rows per IVF partition of the vector index (LanceDB's own default for IVF-SQ is 32,768)
@@ -52,7 +57,8 @@ class Fusion:
     rrf: sum of weight / (k + rank) over the two lists (reciprocal-rank fusion). score: a weighted sum of each
     list's scores divided by that list's best score. With `exact_first`, chunks holding the query's identifiers
     (tokens with a digit or an underscore, such as `HX-7/220`, `2.4.1`, `max_wal_size`, `E1234`, UUIDs) as phrases
-    rank ahead of the rest, the more of them the earlier. With `feedback_docs`, the first that many fused chunks
+    rank ahead of the rest, the more of them the earlier; an identifier in many chunks (EXACT_RARE_SHARE) is left
+    to the two rankings. With `feedback_docs`, the first that many fused chunks
     expand the query (pipeline.archive.feedback) for a second pass of both retrievers, which re-ranks the same
     matches; 0 turns it off.
     """
@@ -172,8 +178,10 @@ def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusi
 async def _hybrid_matches(table, vector: np.ndarray, query: str, fusion: Fusion,
                           depth: int) -> tuple[np.ndarray, np.ndarray, bool]:
     tokens = identifiers(query) if fusion.exact_first else []
-    near, lists, *tiers = await asyncio.gather(_vector_matches(table, vector, depth), _fts_matches(table, query),
-                                               *(_phrase_matches(table, token) for token in tokens))
+    rows, near, lists, *tiers = await asyncio.gather(
+        table.count_rows() if tokens else asyncio.sleep(0, 0), _vector_matches(table, vector, depth),
+        _fts_matches(table, query), *(_phrase_matches(table, token) for token in tokens))
+    tiers = [tier for tier in tiers if len(tier) <= max(EXACT_RARE_ROWS, EXACT_RARE_SHARE * rows)]
     ids, scores = fuse(near, lists, tiers, fusion)
     exact = not (near.capped or lists.capped)
     if fusion.feedback_docs and len(ids) >= FEEDBACK_SHARE * fusion.feedback_docs:
