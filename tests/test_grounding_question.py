@@ -100,6 +100,18 @@ def test_a_speed_in_revolutions_answers_a_question_in_revolutions_per_minute():
         assert check(answer_text, hits, question=question).grounded, answer_text
 
 
+def test_a_bare_year_for_a_question_asking_on_what_date_is_mismatched():
+    """The demo's q09 (session 14): the model answered "on 2030", the year the budget sentence gives."""
+    question = "On what date did the board of Norrvik Hydraulics approve the Tromso plant expansion?"
+    minutes = make_hit("m1", "Minutes of the meeting of the board held on 12 March 2029 in Stavanger. The board approved "
+                             "a budget of 2.4 million euros, to be completed by the end of the second quarter of 2030.",
+                       source="board_minutes_2029-03.docx")
+    assert mismatched("The board approved it on 2030.", question, [minutes]) == {
+        "2030": '"2030" is a year, but the question asks for a date'}
+    assert mismatched("On 12 March 2029.", question, [minutes]) == {}
+    assert mismatched("In 2030.", "In what year will the expansion be completed?", [minutes]) == {}
+
+
 # ------------------------------------------------------------------------------------ rule 2: the code family
 
 def test_a_value_only_in_passages_about_another_member_of_the_family_is_mismatched():

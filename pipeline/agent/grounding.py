@@ -660,6 +660,18 @@ def _quantity_mismatches(found: Sequence[tuple[Claim, object]], asked: set[str],
             for claim, kind, only in given]
 
 
+_ASKS_DATE = re.compile(r"\b(?:(?:what|which) (?:date|day)|on what)\b")
+
+
+def _date_mismatches(found: Sequence[tuple[Claim, object]], folded_question: str) -> list[tuple[Claim, str]]:
+    """Rule 1 for dates: the question asks on what date, and the answer gives a bare year and no date (the demo's
+    q09, session 14: "approved ... on 2030", the year a budget sentence gave for the work's end)."""
+    if not _ASKS_DATE.search(folded_question) or any(claim.kind == "date" for claim, _ in found):
+        return []
+    return [(claim, f'"{claim.text}" is a year, but the question asks for a date') for claim, data in found
+            if claim.kind == "number" and _is_year(data)]  # type: ignore[arg-type]
+
+
 _NEXT_WORD = re.compile(r"[ \t]*([^\W\d_]+)")
 _REFERENCE_BEFORE = re.compile(r"\b(?:pages?|pp?|chapter|section|figure|fig|table|step|item|no|rev|revision)\.?\s*$")
 
@@ -930,6 +942,7 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
             found.append((claim, data))
     if question and not declines:
         mismatched += _quantity_mismatches(found, asked_dimensions(question), chunks, text.casefold()) or \
+            _date_mismatches(found, _fold(question)) or \
             _subject_mismatches(found, chunks, question, asked) or _anchor_mismatches(chunks, question) or \
             _setting_mismatches(found, chunks, question, asked)
     return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))
