@@ -14,7 +14,9 @@ batch, `steady_from_s` to the N-th (start and model loads included); a run with 
 steady rate.
 Ratios, whole-run and steady: ray/local ingest chunks/s (target >= 0.85), two 1-CPU nodes / one 1-CPU node
 (target >= 1.7; each node pinned to a core of its own, the driver to the head's: `_cluster_rate`); s3/local
-ingest chunks/s and search p50 (moto on 127.0.0.1, so the S3 protocol's cost without a network's).
+ingest chunks/s and search p50 (moto on 127.0.0.1, so the S3 protocol's cost without a network's). A cluster
+run also reports `core_busy`, the share of the run (Ray's start included) each of the first two cores was busy:
+where two nodes scale short of 2x, it says whether a core waited.
 """
 
 from __future__ import annotations
@@ -88,6 +90,25 @@ def _on_core(core: int) -> Iterator[None]:
         os.sched_setaffinity(0, had)
 
 
+def _cpu_times() -> dict[int, tuple[int, int]]:
+    """(busy, total) jiffies of each CPU so far, from /proc/stat (empty where there is none)."""
+    times = {}
+    with contextlib.suppress(OSError), open("/proc/stat") as stat:
+        for line in stat:
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                ticks = [int(v) for v in values]
+                times[int(name[3:])] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))  # idle and iowait aside
+    return times
+
+
+def _busy_since(before: dict[int, tuple[int, int]], cores: list[int]) -> list[float | None]:
+    """The share of time each of `cores` was busy since `before` (any process's work, ours or not)."""
+    after = _cpu_times()
+    return [round((after[c][0] - before[c][0]) / max(1, after[c][1] - before[c][1]), 3)
+            if c in after and c in before else None for c in cores]
+
+
 def _cluster_rate(docs: Path, store: Path, nodes: int) -> dict:
     """A local cluster of `nodes` 1-CPU nodes, each node's processes (raylet, object store, workers) pinned to a
     core of its own and the driver to the head node's, as on a real cluster of 1-CPU machines: unpinned, one
@@ -105,7 +126,9 @@ def _cluster_rate(docs: Path, store: Path, nodes: int) -> dict:
     cluster.wait_for_nodes()
     try:
         with _on_core(cores[0]):
-            return _ray_rate(docs, store, nodes, address=cluster.address) | {"nodes": nodes, "pinned": True}
+            before = _cpu_times()
+            figures = _ray_rate(docs, store, nodes, address=cluster.address)
+            return figures | {"nodes": nodes, "pinned": True, "core_busy": _busy_since(before, cores[:2])}
     finally:
         cluster.shutdown()
 
