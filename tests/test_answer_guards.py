@@ -107,26 +107,6 @@ def test_a_message_that_repeats_the_question_is_sent_back(tiny_archive):
     assert "your message repeats the question" in shown(client.requests[3])
 
 
-def test_a_message_that_copies_the_instructions_is_sent_back(tiny_archive):
-    """The demo's q11 at 8192 (session 15): the 1.5B model declined with a sentence of its own instructions."""
-    echo = "The documents do not answer the question. Never guess, and never cite a chunk you have not seen in " \
-           "search results."
-    client = ScriptedChatClient([
-        json_reply(SEARCH, {"query": "seals replaced hours"}),
-        json_reply("send_message", {"message": echo}),
-        json_reply("send_message", {"message": "Replace the seals every 500 hours."})])
-    result = answer(SEALS, retriever=tiny_archive, client=client, settings=settings())
-    assert result.status == "ok" and result.answer == "Replace the seals every 500 hours."
-    sent = [s.result for s in result.steps if s.function == "send_message"]
-    assert sent[0].startswith('Failed: that repeats your instructions ("Never guess, and never cite a chunk you have '
-                              'not seen in search results."); they are not an answer')
-    assert f"Continue the task: {SEALS}" in shown(client.requests[2])
-    price = "What is the retail price of the Hydra-7 pump in US dollars?"
-    plain = ScriptedChatClient([json_reply(SEARCH, {"query": "Hydra-7 pump retail price dollars"}),
-                                json_reply("send_message", {"message": "The documents do not say; I never guess."})])
-    assert answer(price, retriever=tiny_archive, client=plain, settings=settings()).answer.endswith("I never guess.")
-
-
 def test_repeats_question_takes_restatements_and_questions_not_answers():
     question = "Which lubricant is recommended for the Hydra-7 bearings?"
     assert repeats_question(question, question)

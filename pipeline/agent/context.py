@@ -32,21 +32,6 @@ def echoes_alert(text: str) -> bool:
     return bool(_ALERT_ECHO.search(text))
 
 
-ECHO_WORDS = 6  # a sentence of the instructions this long or longer, copied into an answer, is an echo
-
-
-def echoed_instruction(text: str, instructions: str) -> str | None:
-    """The first sentence (of ECHO_WORDS words or more) of `instructions` that `text` copies, case and spacing
-    aside; None when it copies none (the 1.5B model once declined with "Never guess, and never cite a chunk you
-    have not seen in search results.", session 15)."""
-    flat = " ".join(re.findall(r"[^\W_]+", text.lower()))
-    for sentence in re.split(r"(?<=[.!?:])\s+|\n+", instructions):
-        words = re.findall(r"[^\W_]+", sentence.lower())
-        if len(words) >= ECHO_WORDS and f" {' '.join(words)} " in f" {flat} ":
-            return sentence.strip()
-    return None
-
-
 class ContextTooSmall(ValueError):
     """The window cannot hold the fixed part of the context plus a useful queue."""
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from pipeline.agent.context import Context, echoed_instruction, echoes_alert
+from pipeline.agent.context import Context, echoes_alert
 from pipeline.agent.core_memory import MemoryEditError
 from pipeline.agent.grounding import extract_claims, is_abstention
 from pipeline.agent.guards import repeats_question
@@ -350,15 +350,12 @@ class Toolbox:
 
     def refusal(self, answer: str) -> Outcome | None:
         """Why `answer` is not delivered (a failed outcome: the text the model reads), or None: it repeats a memory
-        alert or a sentence of the instructions; it comes before any archival search and asserts a checkable claim, a number or a name, or it is the
+        alert; it comes before any archival search and asserts a checkable claim, a number or a name, or it is the
         question's very first act (small models answer from what they imagine and, measured, do not search when
         told to: the system runs that search itself, `fault_in`); or it only repeats the question, or asks one."""
         if echoes_alert(answer):
             return Outcome.failed(f"that repeats the memory alert; it is not an answer and was not delivered. "
                                   f"{self.task_line()}")
-        if echoed := echoed_instruction(answer, self.context.system):
-            return Outcome.failed(f"that repeats your instructions (\"{echoed}\"); they are not an answer, and it was "
-                                  f"not delivered. {self.task_line()}")
         if not self.searched and (self._claims(answer) or not self.calls):
             return self.fault_in()
         if self.question and repeats_question(answer, self.question):
