@@ -492,11 +492,13 @@ def _extract(text: str) -> list[tuple[int, Claim, object]]:
 
 
 class _Chunk:
-    """One retrieved chunk, indexed for the matchers: folded text, words, numbers, dates, pages."""
+    """One retrieved chunk, indexed for the matchers: folded text, words, numbers, dates, pages. `body` is its own
+    text and `setting` its heading and file name (normalized); the matchers see both."""
 
-    def __init__(self, chunk_id: str, text: str, pages: set[int]) -> None:
+    def __init__(self, chunk_id: str, text: str, pages: set[int], setting: str = "") -> None:
         self.chunk_id = chunk_id
-        self.folded = _fold(text)
+        self.body, self.setting = normalize(text), normalize(setting)
+        self.folded = _fold(f"{text}\n{setting}" if setting else text)
         self.words = _words(self.folded)
         self.joined = f" {' '.join(self.words)} "
         self.word_set = set(self.words)
@@ -510,7 +512,6 @@ class _Chunk:
                 self.kinds.setdefault(number.value, set()).update({_DIMENSION_OF.get(u) for u in units} or {None})
         self.dates = [reading for _, _, readings in _dates(self.folded) for reading in readings]
         self.years = {int(v) for v, _, _ in self.numbers if v == v.to_integral_value() and 1000 <= v <= 2999}
-        self.body, self.setting = normalize(text), ""  # the passage's own text; its heading and file name
 
     def units_after(self, number: _Number) -> set[str]:
         """The units within four tokens after `number` in this chunk, and a currency before it."""
@@ -521,9 +522,7 @@ class _Chunk:
     @classmethod
     def of(cls, hit: Hit) -> "_Chunk":
         pages = set(range(hit.page, (hit.page_end or hit.page) + 1)) if hit.page is not None else set()
-        chunk = cls(hit.chunk_id, f"{hit.text}\n{hit.heading}\n{hit.source}", pages)  # ids are ours, not text
-        chunk.body, chunk.setting = normalize(hit.text), normalize(f"{hit.heading}\n{hit.source}")
-        return chunk
+        return cls(hit.chunk_id, hit.text, pages, setting=f"{hit.heading}\n{hit.source}")  # ids are ours, not text
 
     def supports(self, claim: Claim, data: object) -> bool:
         if claim.kind in ("quote", "name"):
