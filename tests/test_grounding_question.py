@@ -274,6 +274,9 @@ def test_a_unit_in_words_stands_by_its_number():
 def test_an_adverb_does_not_hide_a_decline():
     assert is_abstention("The maximum suction lift is not explicitly stated in any of the documents.")
     assert not is_abstention("The suction lift is stated explicitly: 6 metres.")
+    # the demo's q19 at 8192 (session 15), a decline the scorer took for an answer
+    assert is_abstention("The telephone number of the service centre in Stavanger is not listed in the archive.")
+    assert not is_abstention("The telephone number is listed on page 61: +47 51 00 00 00.")
 
 
 # ------------------------------------------------------------------------------------ what the user and model read

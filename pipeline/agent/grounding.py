@@ -88,7 +88,7 @@ _ABSTAIN = re.compile("|".join([
     r"say|tell|contain|mention|state|include|specify|provide|appear|exist)",
     r"\b(?:cannot|unable to|not able to)\s+(?:find|locate|determine|answer|know|say|tell)",
     r"\bnot\s+(?:\w+ly\s+)?(?:mentioned|stated|specified|found|covered|provided|available|given|present|included|"
-    r"addressed)\b",
+    r"addressed|listed)\b",
     r"\b(?:no|not enough|insufficient)\s+(?:information|mention|evidence|data|record|details|answer)\b",
     r"\bunanswerable\b",
 ]), re.IGNORECASE)
