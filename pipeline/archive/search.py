@@ -31,6 +31,7 @@ FEEDBACK_SHARE = 10  # feedback runs when the first pass found this many matches
 # An identifier ranks its chunks first only while it is rare: in at most EXACT_RARE_SHARE of the chunks (or
 # EXACT_RARE_ROWS of them in a small table). One in more is a subject, not a key: "the Hydra-7" in a Hydra-7 manual
 # would put its nine mentions ahead of the page that answers (the demo's q03, session 15: the seal page 10th).
+# A phrase lookup counts at most COUNT_LIMIT chunks, so past 100k rows a common token can still pass as rare.
 EXACT_RARE_SHARE = 0.01
 EXACT_RARE_ROWS = 3
 
