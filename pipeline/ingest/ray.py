@@ -1,7 +1,7 @@
 """The Ray engine: the same ingest as `pipeline.ingest.local`, spread over a Ray cluster with Ray Data.
 
-files to do (planned here, as the local engine plans) -> parse and chunk as Ray tasks -> embed in an actor pool
-(one model per actor, one CPU each) -> Lance fragments written by tasks (lance-ray) -> committed once, here,
+files to do (planned here, as the local engine plans) -> parsed, chunked and embedded in an actor pool (one
+model per actor, one CPU each) -> Lance fragments written by tasks (lance-ray) -> committed once, here,
 then the `documents` rows (the commit point) -> indexes. Nothing reaches the store before every file is done,
 so a killed driver leaves what the last finished run left, and a rerun redoes exactly the unfinished files.
 """
@@ -32,7 +32,7 @@ from pipeline.ingest.parse import OcrTally, parse
 from pipeline.ingest.plan import (CHANGED_WHILE_READ, IngestReport, Todo, begin, changed_since, chunk_row,
                                   document_row, embedder_for, failed_row, failure_reason, finish, writing)
 
-EMBED_ROWS = 256  # chunks per actor call (as the local engine's EMBED_BATCH)
+FILES_PER_CALL = 4  # files an actor parses, chunks and embeds per call
 WRITE_ROWS = 4096  # chunks per Lance fragment write
 
 # columns the parse step adds to every chunk row, for the driver's per-file account; dropped before writing
@@ -81,20 +81,19 @@ def _process(todo: list[Todo], archive: Archive, settings: Settings) -> "_Accoun
     files = [{"rel": item.rel, "path": os.path.abspath(item.path), "size": item.stat.st_size,
               "mtime_ns": item.stat.st_mtime_ns} for item in todo]  # paths the same on every node
     actors = embed_actors(settings)
-    # Parse and write tasks ask Ray for no CPU: the actors hold one each, and a task waiting for a CPU that they
+    # Write tasks ask Ray for no CPU: the actors hold one each, and a task waiting for a CPU that they
     # hold would wait forever. At most one such task per actor runs at a time.
     light = {"num_cpus": 0, "compute": TaskPoolStrategy(size=actors)}
     results = (
         ray.data.from_items(files, override_num_blocks=min(len(files), 8 * actors))
-        .map_batches(_parse_files, batch_size=1, batch_format="pyarrow", **light,
-                     fn_kwargs={"embedder": settings.embedder, "chunk_tokens": settings.chunk_tokens,
-                                "overlap": settings.chunk_overlap, "ocr": settings.ocr})
-        .map_batches(_EmbedActor, batch_size=EMBED_ROWS, batch_format="pyarrow", num_cpus=1,
+        .map_batches(_EmbedActor, batch_size=FILES_PER_CALL, batch_format="pyarrow", num_cpus=1,
                      compute=ActorPoolStrategy(size=actors),
                      fn_constructor_kwargs={"embedder": settings.embedder, "backend": archive.meta.embed_backend,
                                             "quantization": archive.meta.quantization,
                                             "model_cache": str(model_cache_dir()),
-                                            "batch_size": settings.embed_batch_size})
+                                            "batch_size": settings.embed_batch_size,
+                                            "chunk_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap,
+                                            "ocr": settings.ocr})
         .map_batches(_write_fragments, batch_size=WRITE_ROWS, batch_format="pyarrow", **light,
                      fn_kwargs={"uri": dataset.uri, "schema": schema,
                                 "storage_options": archive.storage_options,
@@ -213,15 +212,21 @@ def _unembedded_schema() -> pa.Schema:
 
 
 class _EmbedActor:
-    """One model copy, one thread: the local engine's embedder (the store's backend), on a Ray actor."""
+    """One model copy, one thread: the local engine's embedder (the store's backend), on a Ray actor, parsing and
+    chunking the files it embeds. Parsing here, not in tasks of its own, keeps each node's work on that node: as
+    tasks they ran on the head, whose core then could not feed a second node's actor (session 15: that core
+    busy 99.6%, the other node's 78-84%)."""
 
-    def __init__(self, embedder: str, backend: str, quantization: str, model_cache: str, batch_size: int) -> None:
+    def __init__(self, embedder: str, backend: str, quantization: str, model_cache: str, batch_size: int,
+                 chunk_tokens: int, overlap: int, ocr: str) -> None:
         os.environ["ANALYZE_MODEL_CACHE"] = model_cache  # the driver's, like the corpus paths the same on every node
         self.embedder = Embedder(embedder, backend=backend, quantization=quantization, batch_size=batch_size,
                                  threads=1)
         self.embedder.load()  # now, before the first batch arrives
+        self.parsing = {"embedder": embedder, "chunk_tokens": chunk_tokens, "overlap": overlap, "ocr": ocr}
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, files: pa.Table) -> pa.Table:
+        batch = _parse_files(files, **self.parsing)
         ok = np.asarray(batch["error"].is_null())
         texts = [text for text, keep in zip(batch[SEARCH_COLUMN].to_pylist(), ok) if keep]
         vectors = np.zeros((batch.num_rows, self.embedder.dim), dtype=np.float32)
