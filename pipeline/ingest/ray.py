@@ -171,19 +171,11 @@ class _Account:
 
 # --- what runs on the workers -------------------------------------------------------------------------------------
 
-_tokenizers: dict[str, Any] = {}
-_readers: dict[str, PageReader] = {}
-
-
-def _parse_files(batch: pa.Table, *, embedder: str, chunk_tokens: int, overlap: int, ocr: str) -> pa.Table:
+def _parse_files(batch: pa.Table, *, tokenizer: Any, reader: PageReader | None, chunk_tokens: int,
+                 overlap: int) -> pa.Table:
     """Parse and chunk the files of `batch` (columns rel, path, size, mtime_ns) into chunk rows without vectors,
     as the local engine does (OCR read here, one page at a time); a file that fails becomes one row with its
     `error` (and no text)."""
-    if embedder not in _tokenizers:
-        _tokenizers[embedder] = Embedder(embedder).tokenizer
-    if ocr != "off" and ocr not in _readers:
-        _readers[ocr] = PageReader(ocr, workers=1)
-    tokenizer, reader = _tokenizers[embedder], _readers.get(ocr)
     rows: list[dict[str, Any]] = []
     for rel, path, size, mtime_ns in zip(*(batch[name].to_pylist() for name in ("rel", "path", "size", "mtime_ns"))):
         retry = False
@@ -223,7 +215,8 @@ class _EmbedActor:
         self.embedder = Embedder(embedder, backend=backend, quantization=quantization, batch_size=batch_size,
                                  threads=1)
         self.embedder.load()  # now, before the first batch arrives
-        self.parsing = {"embedder": embedder, "chunk_tokens": chunk_tokens, "overlap": overlap, "ocr": ocr}
+        self.parsing = {"tokenizer": self.embedder.tokenizer, "chunk_tokens": chunk_tokens, "overlap": overlap,
+                        "reader": None if ocr == "off" else PageReader(ocr, workers=1)}  # the model's own tokenizer
 
     def __call__(self, files: pa.Table) -> pa.Table:
         batch = _parse_files(files, **self.parsing)
