@@ -57,6 +57,7 @@ def mismatched(answer_text: str, question: str, hits=PASSAGES) -> dict[str, str]
     ("Who handles warranty claims for the Hydra-7?", set()),
     ("What is the second step of the start-up?", set()),  # "second" the ordinal, not the unit
     ("What is the maximum pressure and the seal interval?", set()),  # two things asked: no rule
+    ("By what percentage did the revenue grow in 2028?", {"share"}),  # a share of money: the share is asked
 ])
 def test_the_kind_of_quantity_a_question_asks_for(question, expected):
     assert asked_dimensions(question) == expected
@@ -73,6 +74,9 @@ def test_the_kind_of_quantity_a_question_asks_for(question, expected):
     ("What is the maximum rotational speed of the Hydra-7 in revolutions per minute?",  # h25 (session 14)
      "The maximum rotational speed of the Hydra-7 is 42 bar.",
      {"42 bar": '"42 bar" is a pressure, but the question asks for a frequency'}),
+    ("By what percentage did Norrvik Hydraulics' revenue grow in 2029?",  # h39 (session 15): amounts, no share
+     "Revenue grew to 184.6 million euros.",
+     {"184.6 million euros": '"184.6 million euros" is an amount of money, but the question asks for a share'}),
 ])
 def test_a_value_of_another_kind_than_asked_is_mismatched(question, answer_text, reasons):
     assert mismatched(answer_text, question) == reasons
@@ -85,6 +89,7 @@ def test_a_value_of_another_kind_than_asked_is_mismatched(question, answer_text,
     ("What was Norrvik Hydraulics' revenue in 2029?", "184.6 million euros, up 7.2 percent."),
     ("What was Norrvik Hydraulics' revenue in 2029?", "It reached 184.6 million."),  # a bare number may be it
     ("By how much did revenue grow in 2029?", "Revenue grew 7.2 percent."),  # a share answers any quantity
+    ("By what percentage did revenue grow in 2029?", "7.2 percent, to 184.6 million euros."),  # the share given
     ("What is the maximum pressure and the seal interval?", "Every 4,000 operating hours."),
     ("How many months does the seal last?", "4,000 operating hours."),  # the same kind in another unit
     ("How long does the pump run between seal changes?", "4,000 operating hours."),
@@ -130,6 +135,20 @@ def test_a_value_only_in_passages_about_another_member_of_the_family_is_mismatch
 ])
 def test_the_member_asked_or_no_member_named_is_not_flagged(question, hit):
     assert mismatched("Norrlube HT-220.", question, [hit]) == {}
+
+
+def test_the_clause_giving_the_value_names_the_member_it_is_for():
+    """Held-out h34 (session 15): one sentence names both members, but its clause with 80 °C only the Hydra-7."""
+    question = "What is the maximum fluid temperature of the Hydra-5 in degrees Celsius?"
+    assert mismatched("The Hydra-5 is limited to 80 degrees Celsius.", question) == {
+        "80 degrees": '"80 degrees" is only in passages about Hydra-7, not Hydra-5'}
+    assert mismatched("35 bar.", "What is the maximum pressure of the Hydra-5?") == {}  # its own clause
+    assert mismatched("80 degrees Celsius.", "What is the maximum fluid temperature of the Hydra-7?") == {}
+    wrapped = make_hit("p09w", "The Hydra-7 is rated for a\nmaximum operating pressure of 42 bar at a fluid temperature "
+                               "of up to 80 degrees Celsius; its predecessor,\nthe Hydra-5, was limited to 35 bar.",
+                       source="hydra-7_service_manual.pdf", page=9)  # as pypdf reads the page: lines, not sentences
+    assert mismatched("80 degrees Celsius.", question, [wrapped]) == {
+        "80 degrees": '"80 degrees" is only in passages about Hydra-7, not Hydra-5'}
 
 
 # ------------------------------------------------------------------------------------ rule 3: our chunk ids
@@ -241,9 +260,16 @@ VISIT = make_hit("v01", "Of the eleven Hydra-7 pumps installed at the Bergen wat
     # h23: the sentence names the Bergen water treatment plant
     ("How many Hydra-7 pumps are installed at the Stavanger plant?", "Eleven pumps.", "Eleven",
      '"Eleven" is given for the Bergen plant in the retrieved passages, not the Stavanger plant'),
+    # h40 and h38 (session 15): "two" is in a Stavanger sentence too, but the sentences counting units (shifts)
+    # with it are about the Bergen (Stavanger) plant
+    ("How many units at the Stavanger plant got new firmware?", "Two units had worn bearings.", "Two",
+     '"Two" is given for the Bergen plant in the retrieved passages, not the Stavanger plant'),
+    ("How many shifts did the Tromso plant run?", "There were two shifts at the Tromso plant.", "two",
+     '"two" is given for the Stavanger plant in the retrieved passages, not the Tromso plant'),
 ])
 def test_a_value_whose_sentences_are_about_another_year_or_place_is_mismatched(question, said, claim, reason):
-    assert mismatched(said, question, [REPORT, MINUTES, VISIT]) == {claim: reason}
+    shifts = make_hit("o1", "The Stavanger plant ran two shifts throughout the year.", source="report.pdf")
+    assert mismatched(said, question, [REPORT, MINUTES, VISIT, shifts]) == {claim: reason}
 
 
 @pytest.mark.parametrize("question, said", [
@@ -251,7 +277,8 @@ def test_a_value_whose_sentences_are_about_another_year_or_place_is_mismatched(q
     ("What was the revenue in 2028?", "172.2 million euros."),  # the sentence names 2028 too
     ("What budget did the board approve for the Tromso plant expansion?", "2.4 million euros."),
     ("How many pumps at the Bergen water treatment plant had worn bearings?", "Three."),
-    ("How many units at the Stavanger plant got new firmware?", "Two units."),  # "two" is in a Stavanger sentence
+    ("How many shifts did the Stavanger plant run?", "Two shifts."),  # the sentence counting shifts names it
+    ("How many units at the Stavanger plant got new firmware?", "Two."),  # a bare count: "two" in a Stavanger sentence
     ("What was the dividend in 2028?", "4.10 euros."),  # a passage with no year in its sentence or file name
 ])
 def test_a_value_whose_sentences_name_the_questions_year_or_place_or_none_is_not_flagged(question, said):

