@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline.commands.ask as ask
-from pipeline.agent.grounding import check, extract_claims, is_abstention, look_again_note, normalize, strict_abstention
+from pipeline.agent.grounding import (DECLINE, check, extract_claims, is_abstention, look_again_note, normalize,
+                                      strict_abstention)
 from pipeline.agent.loop import answer
 from pipeline.cli import main
 from pipeline.config import Settings
@@ -133,6 +134,7 @@ def test_notes_name_the_claims_and_the_abstention_declines():
     note = look_again_note(["$35.00", "USD"])
     assert note.startswith("[system]") and '"$35.00" and "USD" appear in none of the chunks you retrieved' in note
     assert "say that the documents do not answer" in note
+    assert note.endswith(f'send_message "{DECLINE}"') and is_abstention(DECLINE)  # a decline to send as it is
     many = strict_abstention([f"c{n}" for n in range(10)])
     assert is_abstention(many) and '"c7" and 2 more' in many
 

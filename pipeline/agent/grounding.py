@@ -50,6 +50,9 @@ from pipeline.types import Hit
 __all__ = ["Claim", "Grounding", "asked_dimensions", "check", "explain", "extract_claims", "is_abstention",
            "look_again_note", "normalize", "strict_abstention"]
 
+# The decline the one more look offers, to send as it is (the 1.5B model copies what it is shown, session 15:
+# the system prompt's own rule became its answer).
+DECLINE = "The documents do not answer this question."
 SHOWN_CLAIMS = 8  # at most this many unsupported claims are named to the model and in an abstention
 CLAIM_CHARS = 80  # longest claim text kept
 
@@ -1013,8 +1016,8 @@ def explain(unsupported: Sequence[str], reasons: Mapping[str, str] | None = None
 
 
 def look_again_note(unsupported: Sequence[str], reasons: Mapping[str, str] | None = None) -> str:
-    """The system note for one more look: it names the claims found in no retrieved chunk, and says why each
-    found claim does not answer the question."""
+    """The system note for one more look: it names the claims found in no retrieved chunk, says why each found
+    claim does not answer the question, and offers DECLINE to send as it is."""
     missing, why = _why(unsupported, reasons or {})
     parts = []
     if missing:
@@ -1023,8 +1026,8 @@ def look_again_note(unsupported: Sequence[str], reasons: Mapping[str, str] | Non
     if why:
         parts.append(why)
     return (f"[system] Your answer was not delivered. {'; '.join(parts) or _listing([])}: search for what the "
-            "question asks, correct the answer, or say that the documents do not answer the question. "
-            "Cite the chunk ids that hold each value.")
+            "question asks and correct the answer, citing the chunk ids that hold each value; or, if no chunk "
+            f'gives it, say that the documents do not answer the question: send_message "{DECLINE}"')
 
 
 def strict_abstention(unsupported: Sequence[str], reasons: Mapping[str, str] | None = None) -> str:
