@@ -105,6 +105,17 @@ def test_a_speed_in_revolutions_answers_a_question_in_revolutions_per_minute():
         assert check(answer_text, hits, question=question).grounded, answer_text
 
 
+def test_a_date_outside_the_month_the_question_names_is_mismatched():
+    """Held-out h42 (session 16): the June meeting's day is in no document; the model gave the March meeting's."""
+    minutes = make_hit("m1", "Minutes of the meeting of the board held on 12 March 2029 in Stavanger. The next ordinary "
+                             "board meeting will be held in June.", source="board_minutes_2029-03.docx")
+    question = "On what date in June 2029 was the next ordinary board meeting held?"
+    assert mismatched("It was held on March 12, 2029.", question, [minutes]) == {
+        "March 12, 2029": '"March 12, 2029" is not in June, the month the question asks about'}
+    assert mismatched("On 12 March 2029.", "On what date in March 2029 did the board meet?", [minutes]) == {}
+    assert mismatched("On 12 March 2029.", "On what date did the board meet?", [minutes]) == {}
+
+
 def test_a_bare_year_for_a_question_asking_on_what_date_is_mismatched():
     """The demo's q09 (session 14): the model answered "on 2030", the year the budget sentence gives."""
     question = "On what date did the board of Norrvik Hydraulics approve the Tromso plant expansion?"
@@ -149,6 +160,9 @@ def test_the_clause_giving_the_value_names_the_member_it_is_for():
                        source="hydra-7_service_manual.pdf", page=9)  # as pypdf reads the page: lines, not sentences
     assert mismatched("80 degrees Celsius.", question, [wrapped]) == {
         "80 degrees": '"80 degrees" is only in passages about Hydra-7, not Hydra-5'}
+    both = make_hit("o2", "Pump School covers the Hydra-5 and Hydra-7 product lines.", source="onboarding.md")
+    assert mismatched("It is 80 degrees Celsius; the Hydra-7 bearings are greased.", question, [wrapped, both]) == {
+        "80 degrees": '"80 degrees" is only in passages about Hydra-7, not Hydra-5'}  # naming the Hydra-7 gives no value
 
 
 # ------------------------------------------------------------------------------------ rule 3: our chunk ids

@@ -665,11 +665,23 @@ def _quantity_mismatches(found: Sequence[tuple[Claim, object]], asked: set[str],
 _ASKS_DATE = re.compile(r"\b(?:(?:what|which) (?:date|day)|on what)\b")
 
 
+_MONTH_NAMES = "January February March April May June July August September October November December".split()
+
+
 def _date_mismatches(found: Sequence[tuple[Claim, object]], folded_question: str) -> list[tuple[Claim, str]]:
     """Rule 1 for dates: the question asks on what date, and the answer gives a bare year and no date (the demo's
-    q09, session 14: "approved ... on 2030", the year a budget sentence gave for the work's end)."""
-    if not _ASKS_DATE.search(folded_question) or any(claim.kind == "date" for claim, _ in found):
+    q09, session 14: "approved ... on 2030", the year a budget sentence gave for the work's end), or only dates
+    outside the month the question names ("on what date in June 2029": "March 12, 2029", held-out h42, session
+    16)."""
+    if not _ASKS_DATE.search(folded_question):
         return []
+    dates = [(claim, data) for claim, data in found if claim.kind == "date"]
+    if dates:
+        months = {reading.month for _, _, readings in _dates(folded_question) for reading in readings}
+        if not months or any(reading.month in months for _, data in dates for reading in data):  # type: ignore
+            return []
+        named = " or ".join(_MONTH_NAMES[m - 1] for m in sorted(months))
+        return [(claim, f'"{claim.text}" is not in {named}, the month the question asks about') for claim, _ in dates]
     return [(claim, f'"{claim.text}" is a year, but the question asks for a date') for claim, data in found
             if claim.kind == "number" and _is_year(data)]  # type: ignore[arg-type]
 
@@ -744,17 +756,27 @@ def _members(chunk: "_Chunk", family: str) -> set[str]:
 def _subject_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], question: str,
                         asked: "_Chunk") -> list[tuple[Claim, str]]:
     """Rule 2: the question names a code of a family (`Hydra-5`), and every passage holding the answer's values
-    names another member (`Hydra-7`) and not it. The answer's values are its claims the question does not hold;
-    a passage naming no member of the family (a manual page that never repeats the model) is no evidence either way.
+    names another member (`Hydra-7`) and not it. The answer's values are its claims the question does not hold,
+    other members of the family aside (an answer that also names the Hydra-7 gives no value by it); a passage
+    naming no member of the family (a manual page that never repeats the model) is no evidence either way.
     """
     values = [(claim, data) for claim, data in found if not asked.supports(claim, data)]
     for subject in (c.text for c in extract_claims(question) if c.kind == "identifier"):
         code = _FAMILY.match(_fold(subject))
-        others = _other_members(values, chunks, code.group(1), code.group(3)) if code and values else set()
-        if code and others:
+        if code is None:
+            continue
+        own = [(claim, data) for claim, data in values if not _of_family(claim, code.group(1))]  # not "the Hydra-7"
+        others = _other_members(own, chunks, code.group(1), code.group(3)) if own else set()
+        if others:
             about = " or ".join(_written_as(subject, code, others))
-            return [(claim, f'"{claim.text}" is only in passages about {about}, not {subject}') for claim, _ in values]
+            return [(claim, f'"{claim.text}" is only in passages about {about}, not {subject}') for claim, _ in own]
     return []
+
+
+def _of_family(claim: Claim, family: str) -> bool:
+    """`claim` is a member of the code family `family` itself (`Hydra-7` of "hydra"): a subject, not a value."""
+    member = _FAMILY.match(_fold(claim.text)) if claim.kind == "identifier" else None
+    return member is not None and member.group(1) == family
 
 
 def _written_as(code_text: str, code: re.Match, members: set[str]) -> list[str]:
