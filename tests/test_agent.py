@@ -20,7 +20,7 @@ HITS = [make_hit(f"c{n:02d}", f"pump log entry {n}: pressure reading {40 + n} ba
         for n in range(12)]
 
 
-def run(replies, *, question="What was the pressure in entry 7?", hits=HITS, window=8192, trace=None, **overrides):
+def run(replies, *, question="What does entry 7 say?", hits=HITS, window=8192, trace=None, **overrides):
     client = replies if isinstance(replies, ScriptedChatClient) else ScriptedChatClient(replies)
     settings = Settings(context_window=window, **overrides)
     lines: list[str] = []
@@ -330,7 +330,7 @@ def test_a_torn_recall_line_is_repaired_and_damaged_state_is_one_clear_line(tmp_
     settings = Settings(store=tmp_path / "archive")
     folder = tmp_path / "sessions" / "s1"
     first = ScriptedChatClient([text_reply("yes")] * 2)  # a first-act answer is refused once (search first)
-    assert answer("Pressure?", retriever=FakeRetriever(HITS), client=first, settings=settings, session="s1").status == "ok"
+    assert answer("What does entry 7 say?", retriever=FakeRetriever(HITS), client=first, settings=settings, session="s1").status == "ok"
     recall = folder / "recall.jsonl"
     whole = recall.read_bytes()
     recall.write_bytes(whole + b'{"role": "user", "content": "torn by a k')  # killed mid-append

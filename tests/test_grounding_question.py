@@ -42,6 +42,39 @@ def mismatched(answer_text: str, question: str, hits=PASSAGES) -> dict[str, str]
     return verdict.reasons
 
 
+# ------------------------------------------------------------------------------------ rule 0: a value at all
+
+@pytest.mark.parametrize("question, said, reason", [
+    # held-out h47 and h48 (session 16): our chunk id as the document number, prose for a count
+    ("What is the document number of the Hydra-5 service manual?",
+     f"The document number of the Hydra-5 service manual is chunk_id: {CHUNK_ID}",
+     "the question asks for a number or code, and the answer gives none"),
+    ("How many new field engineers completed Pump School in 2029?",
+     "Based on the documents, there are no new field engineers who completed Pump School in 2029.",
+     "the question asks for a number, and the answer gives none"),
+    ("How much does the Hydra-7 weigh in kilograms?", "It can be found in the datasheet on page 2.",
+     "the question asks for a number, and the answer gives none"),
+    ("On what date did the board approve the expansion?", "The board approved it at its meeting in Stavanger.",
+     "the question asks for a date, and the answer gives none"),
+])
+def test_an_answer_giving_no_value_of_what_is_asked_is_mismatched(question, said, reason):
+    verdict = check(said, PASSAGES + [make_hit("p2", "Datasheet", source="datasheet.pdf", page=2)], question=question)
+    assert list(verdict.reasons.values()) == [reason] and verdict.grounded is False
+
+
+@pytest.mark.parametrize("question, said", [
+    ("How many pumps had worn bearings?", "Three pumps had worn bearings."),  # a number in words
+    ("What is the document number of the service manual?", "NH-7-SM rev. C."),
+    ("What does error code E-117 mean?", "A blocked suction line."),  # a meaning, not a code, is asked
+    ("Which lubricant is approved for the Hydra-7 bearings?", "A synthetic grease."),  # a term: not judged
+    ("How many pumps had worn bearings?", "The documents do not say how many."),  # a decline
+])
+def test_an_answer_with_a_value_or_to_a_question_asking_none_is_not_flagged_by_rule_0(question, said):
+    hits = [make_hit("v", "Three pumps had worn bearings. Manual NH-7-SM rev. C. Error code E-117 means a blocked "
+                          "suction line. A synthetic grease is approved.", source="m.pdf")]
+    assert [why for why in check(said, hits, question=question).reasons.values() if "gives none" in why] == []
+
+
 # ------------------------------------------------------------------------------------ rule 1: the quantity asked
 
 @pytest.mark.parametrize("question, expected", [

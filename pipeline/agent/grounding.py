@@ -172,7 +172,7 @@ class Claim:
     """One checkable statement of the answer: its text (Unicode-normalized) and what kind of thing it is."""
 
     text: str
-    kind: str  # number, date, version, identifier, page, quote, name
+    kind: str  # number, date, version, identifier, page, quote, name; answer (the value asked is missing)
 
 
 @dataclass(frozen=True)
@@ -662,6 +662,31 @@ def _quantity_mismatches(found: Sequence[tuple[Claim, object]], asked: set[str],
             for claim, kind, only in given]
 
 
+_ASKS_COUNT = re.compile(r"\bhow (?:many|much)\b|\b(?:what|which) (?:percentage|number of)\b|\bby what\b")
+_ASKS_CODE = re.compile(r"\b(?:what|which)(?:'s|\s+(?:is|was|are|were))\s+(?:the\s+|its\s+|their\s+)?(?:[\w-]+\s+){0,3}?"
+                        r"(?:number|version|code|id|identifier)\b")
+_VALUE_KINDS = ("number", "date", "identifier", "version")
+
+
+def _no_value(given: Sequence[tuple[Claim, object]], question: str, asked: "_Chunk") -> list[tuple[Claim, str]]:
+    """Rule 0: the question asks for a number (how many, how much, a kind of quantity) or a code ("what is the
+    document number"), and the answer gives none of its own: prose, a pointer ("on page 3"), our chunk id as a
+    citation, or the question's own numbers (held-out h47 and h48, session 16: "the document number ... is
+    chunk_id: 523d...", "there are no new field engineers who completed Pump School in 2029")."""
+    folded = _fold(question)
+    if _ASKS_CODE.search(folded):
+        wanted = "number or code"
+    elif _ASKS_DATE.search(folded):
+        wanted = "date"
+    elif _ASKS_COUNT.search(folded) or asked_dimensions(question):
+        wanted = "number"
+    else:
+        return []
+    if any(claim.kind in _VALUE_KINDS and not asked.supports(claim, data) for claim, data in given):
+        return []
+    return [(Claim(f"no {wanted}", "answer"), f"the question asks for a {wanted}, and the answer gives none")]
+
+
 _ASKS_DATE = re.compile(r"\b(?:(?:what|which) (?:date|day)|on what)\b")
 
 
@@ -993,14 +1018,17 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
     exempt: list[Claim] = []
     mismatched: list[tuple[Claim, str]] = []
     found: list[tuple[Claim, object]] = []
+    given: list[tuple[Claim, object]] = []  # every claim of the answer (found or not), citations aside
     for start, claim, data in _extract(text):
         if claim.kind == "identifier" and (data in _ID_WORDS or (
                 (data in ids or _CHUNK_ID_SHAPE.match(str(data))) and _cites(text, start))):
             continue  # a citation (the citation check judges it), not a claim
         if claim.kind == "identifier" and data in ids:
+            given.append((claim, data))  # a value, if not one of the documents' (rule 3)
             if not declines:
                 mismatched.append((claim, f'"{claim.text}" is one of our chunk ids, not a value from the documents'))
             continue
+        given.append((claim, data))
         chunk = next((c.chunk_id for c in chunks if c.supports(claim, data)), None)
         if chunk is None and question and declines and asked.supports(claim, data):
             exempt.append(claim)
@@ -1009,7 +1037,7 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
         if chunk is not None:
             found.append((claim, data))
     if question and not declines:
-        mismatched += _quantity_mismatches(found, asked_dimensions(question), chunks, text.casefold()) or \
+        mismatched += _no_value(given, question, asked) or _quantity_mismatches(found, asked_dimensions(question), chunks, text.casefold()) or \
             _date_mismatches(found, _fold(question)) or \
             _subject_mismatches(found, chunks, question, asked) or _anchor_mismatches(chunks, question) or \
             _setting_mismatches(found, chunks, question, asked, text.casefold())
