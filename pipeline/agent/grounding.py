@@ -47,8 +47,8 @@ from typing import Iterable, Mapping, Sequence
 
 from pipeline.types import Hit
 
-__all__ = ["Claim", "Grounding", "asked_dimensions", "check", "explain", "extract_claims", "is_abstention",
-           "look_again_note", "normalize", "strict_abstention"]
+__all__ = ["DECLINE", "Claim", "Grounding", "asked_dimensions", "check", "explain", "extract_claims",
+           "is_abstention", "look_again_note", "normalize", "stem", "strict_abstention"]
 
 # The decline the one more look offers, to send as it is (the 1.5B model copies what it is shown, session 15:
 # the system prompt's own rule became its answer).
@@ -78,6 +78,17 @@ def normalize(text: str) -> str:
 
 def _fold(text: str) -> str:
     return normalize(text).casefold()
+
+
+def stem(word: str) -> str:
+    """A light stem, the same for `bearing`/`bearings`, `unit`/`units` and `replace`/`replaced`/`replaces`."""
+    def cut(w: str, suffix: str) -> str:
+        return w[:-len(suffix)] if w.endswith(suffix) and len(w) - len(suffix) >= 3 else w
+
+    word = cut(word, "s") if not word.endswith("ss") else word
+    for suffix in ("ing", "ed"):
+        word = cut(word, suffix)
+    return cut(word, "e")
 
 
 def _words(folded: str) -> list[str]:
@@ -662,32 +673,30 @@ def _quantity_mismatches(found: Sequence[tuple[Claim, object]], asked: set[str],
             for claim, kind, only in given]
 
 
+_ASKS_DATE = re.compile(r"\b(?:(?:what|which) (?:date|day)|on what)\b")
 _ASKS_COUNT = re.compile(r"\bhow (?:many|much)\b|\b(?:what|which) (?:percentage|number of)\b|\bby what\b")
-_ASKS_CODE = re.compile(r"\b(?:what|which)(?:'s|\s+(?:is|was|are|were))\s+(?:the\s+|its\s+|their\s+)?(?:[\w-]+\s+){0,3}?"
-                        r"(?:number|version|code|id|identifier)\b")
+_ASKS_CODE = re.compile(r"\b(?:what|which)(?:'s|\s+(?:is|was|are|were))\s+(?:the\s+|its\s+|their\s+)?"
+                        r"(?:[\w-]+\s+){0,3}?(?:number|version|code|id|identifier)\b")  # "what is the document number"
 _VALUE_KINDS = ("number", "date", "identifier", "version")
 
 
-def _no_value(given: Sequence[tuple[Claim, object]], question: str, asked: "_Chunk") -> list[tuple[Claim, str]]:
+def _no_value(given: Sequence[tuple[Claim, object]], asked: "_Chunk",
+              dimensions: set[str]) -> list[tuple[Claim, str]]:
     """Rule 0: the question asks for a number (how many, how much, a kind of quantity) or a code ("what is the
     document number"), and the answer gives none of its own: prose, a pointer ("on page 3"), our chunk id as a
     citation, or the question's own numbers (held-out h47 and h48, session 16: "the document number ... is
     chunk_id: 523d...", "there are no new field engineers who completed Pump School in 2029")."""
-    folded = _fold(question)
-    if _ASKS_CODE.search(folded):
+    if _ASKS_CODE.search(asked.folded):
         wanted = "number or code"
-    elif _ASKS_DATE.search(folded):
+    elif _ASKS_DATE.search(asked.folded):
         wanted = "date"
-    elif _ASKS_COUNT.search(folded) or asked_dimensions(question):
+    elif _ASKS_COUNT.search(asked.folded) or dimensions:
         wanted = "number"
     else:
         return []
     if any(claim.kind in _VALUE_KINDS and not asked.supports(claim, data) for claim, data in given):
         return []
     return [(Claim(f"no {wanted}", "answer"), f"the question asks for a {wanted}, and the answer gives none")]
-
-
-_ASKS_DATE = re.compile(r"\b(?:(?:what|which) (?:date|day)|on what)\b")
 
 
 _MONTH_NAMES = "January February March April May June July August September October November December".split()
@@ -804,12 +813,16 @@ def _of_family(claim: Claim, family: str) -> bool:
     return member is not None and member.group(1) == family
 
 
+def _parts_holding(chunk: "_Chunk", claim: Claim, data: object, ends: re.Pattern) -> list["_Chunk"]:
+    """The parts of `chunk`'s own text, split at `ends` (sentences, clauses), that hold `claim`."""
+    parts = (_Chunk(chunk.chunk_id, part, chunk.pages) for part in ends.split(chunk.body))
+    return [part for part in parts if part.supports(claim, data)]
+
+
 def _written_as(code_text: str, code: re.Match, members: set[str]) -> list[str]:
     """Other `members` of a code's family spelled as the code is (`Hydra-5` and {"7"}: ["Hydra-7"]), sorted."""
     written = code_text[:len(code.group(1))] + (code.group(2) or "-")
     return [f"{written}{member.upper()}" for member in sorted(members)]
-
-
 
 
 def _other_members(values: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], family: str,
@@ -824,9 +837,8 @@ def _other_members(values: Sequence[tuple[Claim, object]], chunks: Sequence["_Ch
     others: set[str] = set()
     for claim, data in values:
         for chunk in (c for c in chunks if c.supports(claim, data)):
-            clauses = [_Chunk(chunk.chunk_id, clause, chunk.pages) for clause in _CLAUSE_END.split(chunk.body)]
-            members = set().union(*(_members(c, family) for c in clauses if c.supports(claim, data)))
-            members = members or _members(chunk, family)
+            clauses = _parts_holding(chunk, claim, data, _CLAUSE_END)
+            members = set().union(*(_members(clause, family) for clause in clauses)) or _members(chunk, family)
             if member in members or not members:
                 return set()
             others |= members
@@ -882,8 +894,8 @@ def _setting_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence[
               and not asked.supports(claim, data) and not (claim.kind == "number" and _is_year(data))]  # type: ignore
     mismatched = []
     for claim, data in values:
-        sentences = [(chunk, s) for chunk in chunks if chunk.supports(claim, data)
-                     for s in _SENTENCE_END.split(chunk.body) if _Chunk(chunk.chunk_id, s, set()).supports(claim, data)]
+        sentences = [(chunk, s.body) for chunk in chunks if chunk.supports(claim, data)
+                     for s in _parts_holding(chunk, claim, data, _SENTENCE_END)]
         if claim.kind == "number" and (noun := _counted_noun(folded_answer, data)):  # type: ignore[arg-type]
             sentences = [(c, s) for c, s in sentences if _counts(s, data, noun)] or sentences  # type: ignore[arg-type]
         if not sentences:
@@ -897,27 +909,19 @@ def _setting_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence[
 _COUNTED = re.compile(r"[^\W\d_]+")
 
 
-def _stem(word: str) -> str:
-    """`word` without a plural ending: units -> unit, boxes -> box."""
-    for ending in ("ies", "es", "s"):
-        if word.endswith(ending) and len(word) > len(ending) + 2:
-            return word[:-len(ending)] + ("y" if ending == "ies" else "")
-    return word
-
-
 def _counted_noun(folded_answer: str, number: "_Number") -> str | None:
     """What a bare number of the (casefolded) answer counts: the word after it ("two units": "unit"), if any."""
     following = _NEXT_WORD.match(folded_answer, number.number_end)
     if number.unit or following is None or following.group(1) in _COMMON:
         return None
-    return _stem(following.group(1))
+    return stem(following.group(1))
 
 
 def _counts(sentence: str, number: "_Number", noun: str) -> bool:
     """`sentence` gives `number` with `noun` among the three words after it ("updated on two pump units")."""
     folded = _fold(sentence)
     for given in [*_digit_numbers(folded), *_word_numbers(folded, with_one=True)]:
-        if given.value == number.value and noun in map(_stem, _COUNTED.findall(folded[given.number_end:])[:3]):
+        if given.value == number.value and noun in map(stem, _COUNTED.findall(folded[given.number_end:])[:3]):
             return True
     return False
 
@@ -1023,12 +1027,11 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
         if claim.kind == "identifier" and (data in _ID_WORDS or (
                 (data in ids or _CHUNK_ID_SHAPE.match(str(data))) and _cites(text, start))):
             continue  # a citation (the citation check judges it), not a claim
-        if claim.kind == "identifier" and data in ids:
-            given.append((claim, data))  # a value, if not one of the documents' (rule 3)
+        given.append((claim, data))
+        if claim.kind == "identifier" and data in ids:  # a value, but not one of the documents' (rule 3)
             if not declines:
                 mismatched.append((claim, f'"{claim.text}" is one of our chunk ids, not a value from the documents'))
             continue
-        given.append((claim, data))
         chunk = next((c.chunk_id for c in chunks if c.supports(claim, data)), None)
         if chunk is None and question and declines and asked.supports(claim, data):
             exempt.append(claim)
@@ -1037,10 +1040,11 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
         if chunk is not None:
             found.append((claim, data))
     if question and not declines:
-        mismatched += _no_value(given, question, asked) or _quantity_mismatches(found, asked_dimensions(question), chunks, text.casefold()) or \
-            _date_mismatches(found, _fold(question)) or \
+        dimensions, folded = asked_dimensions(question), text.casefold()
+        mismatched += _no_value(given, asked, dimensions) or \
+            _quantity_mismatches(found, dimensions, chunks, folded) or _date_mismatches(found, asked.folded) or \
             _subject_mismatches(found, chunks, question, asked) or _anchor_mismatches(chunks, question) or \
-            _setting_mismatches(found, chunks, question, asked, text.casefold())
+            _setting_mismatches(found, chunks, question, asked, folded)
     return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))
 
 

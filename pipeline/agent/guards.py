@@ -15,7 +15,7 @@ import math
 import re
 from typing import Sequence
 
-from pipeline.agent.grounding import normalize
+from pipeline.agent.grounding import normalize, stem
 from pipeline.types import Hit
 
 __all__ = ["CLOSE", "closest_sentence", "repeats_question", "terms"]
@@ -32,22 +32,11 @@ _YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|will|would|s
                      re.IGNORECASE)
 
 
-def _stem(word: str) -> str:
-    """A light stem, the same for `bearing`/`bearings` and `replace`/`replaced`/`replaces`."""
-    def cut(w: str, suffix: str) -> str:
-        return w[:-len(suffix)] if w.endswith(suffix) and len(w) - len(suffix) >= 3 else w
-
-    word = cut(word, "s") if not word.endswith("ss") else word
-    for suffix in ("ing", "ed"):
-        word = cut(word, suffix)
-    return cut(word, "e")
-
-
 def terms(text: str) -> set[str]:
     """The content words of `text`: numbers (`35.00`), codes (`E-117`) and words of 3 letters or more, casefolded,
     light suffixes dropped, stopwords out."""
     words = re.findall(r"\d+(?:[.,]\d+)*|[^\W_](?:[\w-]*[^\W_])?", normalize(text).casefold())
-    return {w if w[0].isdigit() else _stem(w) for w in words
+    return {w if w[0].isdigit() else stem(w) for w in words
             if w[0].isdigit() or (len(w) > 2 and w not in _STOPWORDS)}
 
 
