@@ -96,25 +96,43 @@ def test_feedback_docs_must_not_be_negative():
 
 
 class _Calls:
-    """The real table (or a query on its async table), counting the retrievals search asks the async table for."""
+    """The real table (or a query on its async table), counting the retrievals search asks the async table for and
+    recording each take's row ids."""
 
-    def __init__(self, inner, calls: dict[str, int]) -> None:
-        self.inner, self.calls = inner, calls
+    def __init__(self, inner, calls: dict[str, int], takes: list[list[int]]) -> None:
+        self.inner, self.calls, self.takes = inner, calls, takes
 
     def __getattr__(self, name):
         attribute = getattr(self.inner, name)
         if name in ("nearest_to", "nearest_to_text", "take_row_ids"):
             self.calls[name] = self.calls.get(name, 0) + 1
+        if name == "take_row_ids":
+            return lambda row_ids: (self.takes.append(list(row_ids)), attribute(row_ids))[1]
         if name == "_table" or name in ("query", "nearest_to", "nearest_to_text"):
-            return _Calls(attribute, self.calls) if name == "_table" else (
-                lambda *args, **kwargs: _Calls(attribute(*args, **kwargs), self.calls))
+            return _Calls(attribute, self.calls, self.takes) if name == "_table" else (
+                lambda *args, **kwargs: _Calls(attribute(*args, **kwargs), self.calls, self.takes))
         return attribute
 
 
-def test_feedback_asks_the_vector_index_once_and_bm25_twice(pump_chunks):
-    """The second pass only orders first-pass matches: Rocchio's vector re-ranks the fused head from its stored
-    vectors (one read beside the feedback chunks' text), and only BM25 runs again."""
+def test_feedback_asks_the_vector_index_once_and_bm25_twice_and_reads_no_row_twice(pump_chunks):
+    """The second pass only orders first-pass matches: Rocchio's vector re-ranks the fused head from the stored
+    vectors the first pass read, and only BM25 runs again; each retriever reads the search text of its first 5
+    rows beside the other's query, so the second pass has the feedback chunks' text at hand."""
     table, query_vector = pump_chunks
     calls: dict[str, int] = {}
-    hybrid_matches(_Calls(table, calls), query_vector, "pump seals", Fusion(feedback_docs=5))
-    assert calls == {"nearest_to": 1, "nearest_to_text": 2, "take_row_ids": 3}  # re-rank, feedback text, head
+    takes: list[list[int]] = []
+    hybrid_matches(_Calls(table, calls, takes), query_vector, "pump seals", Fusion(feedback_docs=5))
+    assert calls == {"nearest_to": 1, "nearest_to_text": 2, "take_row_ids": 3}
+    assert sorted(len(rows) for rows in takes) == [5, 5, 62]  # the two lists' first 5; the 62 vectors re-ranked
+    assert all(len(set(rows)) == len(rows) for rows in takes)
+
+
+def test_feedback_reads_what_the_first_pass_did_not(pump_chunks, monkeypatch):
+    """With no text read ahead, the second pass reads the feedback chunks' text itself: the same ranking."""
+    table, query_vector = pump_chunks
+    expected = hybrid_matches(table, query_vector, "pump seals", Fusion(feedback_docs=5))
+    monkeypatch.setattr(search._Read, "ahead", lambda self, ids, feedback: search.asyncio.sleep(0))
+    takes: list[list[int]] = []
+    got = hybrid_matches(_Calls(table, {}, takes), query_vector, "pump seals", Fusion(feedback_docs=5))
+    assert sorted(len(rows) for rows in takes) == [5, 62]
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got))

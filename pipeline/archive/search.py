@@ -1,7 +1,8 @@
 """Search over the chunks table: the vector and full-text retrievers, their fusion, paging and totals.
 
 Both retrievers return row ids and scores only; the ranking, the totals and the exact-match tier are computed
-from those, and the text is read for the rows of the page shown and no others. Every query goes to LanceDB's
+from those, and the text is read for the rows of the page shown and no others (hybrid search's feedback also
+reads the search text of a few first rows of each retriever, `_Read`). Every query goes to LanceDB's
 async table on its event loop, one call per search: in hybrid mode the retrievers run side by side there.
 """
 
@@ -179,34 +180,84 @@ def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusi
 async def _hybrid_matches(table, vector: np.ndarray, query: str, fusion: Fusion,
                           depth: int) -> tuple[np.ndarray, np.ndarray, bool]:
     tokens = identifiers(query) if fusion.exact_first else []
+    read, feedback = _Read(table), fusion.feedback_docs
+
+    async def bm25() -> Ranked:
+        ranked = await _fts_matches(table, query)
+        await read.ahead(ranked.ids, feedback)
+        return ranked
+
     rows, near, lists, *tiers = await asyncio.gather(
-        table.count_rows() if tokens else asyncio.sleep(0, 0), _vector_matches(table, vector, depth),
-        _fts_matches(table, query), *(_phrase_matches(table, token) for token in tokens))
+        table.count_rows() if tokens else asyncio.sleep(0, 0),
+        _vector_matches(table, vector, depth, read=read, feedback=feedback), bm25(),
+        *(_phrase_matches(table, token) for token in tokens))
     tiers = [tier for tier in tiers if len(tier) <= max(EXACT_RARE_ROWS, EXACT_RARE_SHARE * rows)]
     ids, scores = fuse(near, lists, tiers, fusion)
     exact = not (near.capped or lists.capped)
-    if fusion.feedback_docs and len(ids) >= FEEDBACK_SHARE * fusion.feedback_docs:
-        ids, scores = await _second_pass(table, vector, query, ids, scores, tiers, fusion, depth)
+    if feedback and len(ids) >= FEEDBACK_SHARE * feedback:
+        ids, scores = await _second_pass(read, vector, query, ids, scores, tiers, fusion, depth)
     return ids, scores, exact
 
 
-async def _second_pass(table, vector: np.ndarray, query: str, ids: np.ndarray, scores: np.ndarray,
+async def _second_pass(read: _Read, vector: np.ndarray, query: str, ids: np.ndarray, scores: np.ndarray,
                        tiers: list[np.ndarray], fusion: Fusion, depth: int) -> tuple[np.ndarray, np.ndarray]:
     """The first pass's matches `ids` (fused `scores`) ordered by feedback from the first `fusion.feedback_docs`.
 
-    Vector side: Rocchio's vector ranks the first `depth` fused chunks by exact similarity (their vectors are read;
-    the index is not asked again, as only first-pass matches are ordered). BM25 side: the query with the feedback
-    chunks' words, one more query over the index, for as many matches. The two reads (the vectors, and the search
-    text of the feedback chunks) go side by side, then that one query.
+    Vector side: Rocchio's vector ranks the first `depth` fused chunks by exact similarity (their vectors are read,
+    those the first pass read are not read again; the index is not asked again, as only first-pass matches are
+    ordered). BM25 side: the query with the feedback chunks' words, one more query over the index, for as many
+    matches; the feedback chunks' search text is mostly read already (`_Read.ahead`). The vectors are read while
+    that query runs.
     """
     best, head = ids[:fusion.feedback_docs], ids[:max(depth, fusion.feedback_docs)]
-    texts, vectors = await asyncio.gather(_take_in_order(table, best, [SEARCH_COLUMN]), _stored_vectors(table, head))
     weights = scores[:len(best)]
+
+    async def expanded() -> Ranked:
+        terms = expansion_terms(await read.texts(best), weights)
+        return await _fts_matches(read.table, query, terms, len(head))
+
+    lists, vectors = await asyncio.gather(expanded(), read.vectors(head))
     sims = _cosine(vectors, feedback_vector(vector, vectors[:len(best)], weights))
     order = np.argsort(-sims, kind="stable")
     order = order[sims[order] >= MIN_SIMILARITY]
-    lists = await _fts_matches(table, query, expansion_terms(texts[SEARCH_COLUMN].to_pylist(), weights), len(head))
     return _within(ids, *fuse(Ranked(head[order], sims[order], False), lists, tiers, fusion))
+
+
+class _Read:
+    """The stored vectors and search texts one search has read, by row id: no row's column is read twice.
+
+    Hybrid search with feedback needs the search text of its first fused chunks, known only once both retrievers
+    are done; `ahead` reads it for each retriever's first rows as soon as that retriever has them, beside the
+    other's query, so that the second pass starts at once (the fused first chunks are nearly always among them;
+    any other is read then). Only the search text of those few rows is read ahead, never `text` for display.
+    """
+
+    def __init__(self, table) -> None:
+        self.table = table
+        self.read: dict[str, dict[int, Any]] = {"vector": {}, SEARCH_COLUMN: {}}
+
+    async def ahead(self, ranked_ids: np.ndarray, feedback: int) -> None:
+        """Read the search text of the first `feedback` of `ranked_ids` when they are enough for feedback to run."""
+        if feedback and len(ranked_ids) >= FEEDBACK_SHARE * feedback:
+            await self.texts(ranked_ids[:feedback])
+
+    async def texts(self, row_ids: np.ndarray) -> list[str]:
+        return await self._values(row_ids, SEARCH_COLUMN)
+
+    async def vectors(self, row_ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of `row_ids`, in their order, as float64 rows."""
+        return np.stack(await self._values(row_ids, "vector")) if len(row_ids) else np.zeros((0, 0))
+
+    async def _values(self, row_ids: np.ndarray, column: str) -> list:
+        known = self.read[column]
+        missing = [i for i in dict.fromkeys(row_ids.tolist()) if i not in known]
+        if missing:
+            rows = await self.table.take_row_ids(missing).select([column]).with_row_id().to_arrow()
+            values = rows[column]
+            values = (np.stack(values.to_numpy(zero_copy_only=False)).astype(np.float64) if column == "vector"
+                      else values.to_pylist())
+            known.update(zip(rows["_rowid"].to_pylist(), values))
+        return [known[i] for i in row_ids.tolist()]
 
 
 async def _take_in_order(table, row_ids: np.ndarray, columns: list[str]) -> pa.Table:
@@ -267,8 +318,11 @@ def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD, limit: i
     return _run(_vector_matches(_table(chunks), vector, depth, limit))
 
 
-async def _vector_matches(table, vector: np.ndarray, depth: int = EXACT_HEAD, limit: int | None = None) -> Ranked:
-    limit = limit or COUNT_LIMIT
+async def _vector_matches(table, vector: np.ndarray, depth: int = EXACT_HEAD, limit: int | None = None, *,
+                         read: _Read | None = None, feedback: int = 0) -> Ranked:
+    """`vector_matches`, with the vectors read kept in `read`, which also reads ahead the search text of the first
+    `feedback` rows (`_Read.ahead`)."""
+    limit, read = limit or COUNT_LIMIT, read or _Read(table)
     result = await (table.query().nearest_to(vector).column("vector").distance_type("cosine").nprobes(NPROBES)
                     .select(["_distance"]).limit(limit).with_row_id().to_arrow())
     ids, approx = result["_rowid"].to_numpy(), result["_distance"].to_numpy().astype(np.float64)
@@ -276,7 +330,8 @@ async def _vector_matches(table, vector: np.ndarray, depth: int = EXACT_HEAD, li
     for head in (min(depth, len(ids)), len(ids)):  # all rows exactly only when the first give no scale
         if not head:
             break
-        sims = await _similarities(table, ids[:head], vector)
+        stored, _ = await asyncio.gather(read.vectors(ids[:head]), read.ahead(ids, feedback))
+        sims = _cosine(stored, vector)
         far = (approx[:head] > 1e-6) & (sims < 1 - 1e-6)  # rows identical to the query tell no scale
         if far.any() or head == len(ids):
             scale = float(np.median((1 - sims[far]) / approx[:head][far])) if far.any() else 1.0
@@ -286,17 +341,6 @@ async def _vector_matches(table, vector: np.ndarray, depth: int = EXACT_HEAD, li
             break
     keep = scores >= MIN_SIMILARITY
     return Ranked(ids[keep], scores[keep], result.num_rows >= limit and bool(keep[-1]))
-
-
-async def _similarities(table, row_ids: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """Exact cosine similarity of `vector` to the stored vectors of `row_ids` (only that column is read)."""
-    return _cosine(await _stored_vectors(table, row_ids), vector)
-
-
-async def _stored_vectors(table, row_ids: np.ndarray) -> np.ndarray:
-    """The stored vectors of `row_ids`, in their order, as float64 rows (only that column is read)."""
-    rows = await _take_in_order(table, row_ids, ["vector"])
-    return np.stack(rows["vector"].to_numpy(zero_copy_only=False)).astype(np.float64)
 
 
 def _cosine(vectors: np.ndarray, vector: np.ndarray) -> np.ndarray:
