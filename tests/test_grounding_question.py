@@ -56,6 +56,13 @@ def mismatched(answer_text: str, question: str, hits=PASSAGES) -> dict[str, str]
      "the question asks for a number, and the answer gives none"),
     ("On what date did the board approve the expansion?", "The board approved it at its meeting in Stavanger.",
      "the question asks for a date, and the answer gives none"),
+    # held-out h49, h53 and h51 (session 16): prose for a name, and a percentage answered with a year alone
+    ("Which stock exchange are Norrvik Hydraulics shares listed on?", "Norrvik shares are listed on another exchange.",
+     "the question asks for a name, and the answer gives none"),
+    ("Who manages the Norrvik service centre?", "The Norrvik service centre is managed by the maintenance team.",
+     "the question asks for a name, and the answer gives none"),
+    ("By what percentage did revenue grow in 2028?", "Revenue grew steadily; the outlook for 2029 is good.",
+     "the question asks for a number, and the answer gives none"),
 ])
 def test_an_answer_giving_no_value_of_what_is_asked_is_mismatched(question, said, reason):
     verdict = check(said, PASSAGES + [make_hit("p2", "Datasheet", source="datasheet.pdf", page=2)], question=question)
@@ -68,10 +75,14 @@ def test_an_answer_giving_no_value_of_what_is_asked_is_mismatched(question, said
     ("What does error code E-117 mean?", "A blocked suction line."),  # a meaning, not a code, is asked
     ("Which lubricant is approved for the Hydra-7 bearings?", "A synthetic grease."),  # a term: not judged
     ("How many pumps had worn bearings?", "The documents do not say how many."),  # a decline
+    ("Who handles warranty claims?", "Ingrid Solberg handles them."),
+    ("In which year was the company founded?", "It was founded in 1987."),  # a year asked: a year answers it
+    ("After how many operating hours is the seal replaced?", "After 2000 operating hours."),  # a count, not a year
 ])
 def test_an_answer_with_a_value_or_to_a_question_asking_none_is_not_flagged_by_rule_0(question, said):
     hits = [make_hit("v", "Three pumps had worn bearings. Manual NH-7-SM rev. C. Error code E-117 means a blocked "
-                          "suction line. A synthetic grease is approved.", source="m.pdf")]
+                          "suction line. A synthetic grease is approved. Ingrid Solberg handles warranty claims. The "
+                          "company was founded in 1987. Replace the seal after 2000 operating hours.", source="m.pdf")]
     assert [why for why in check(said, hits, question=question).reasons.values() if "gives none" in why] == []
 
 
@@ -438,8 +449,9 @@ def test_generated_ids_a_retrieved_chunk_id_as_the_answer_is_caught_and_as_a_cit
     for fact in ANSWERABLE:
         hits = first_search(demo_archive, fact.question)
         value = hits[0].chunk_id
-        assert check(f"It is {value}.", hits, question=fact.question).reasons == {
-            value: f'"{value}" is one of our chunk ids, not a value from the documents'}, fact.id
+        reasons = check(f"It is {value}.", hits, question=fact.question).reasons  # rule 0 may add "no number"
+        assert reasons[value] == f'"{value}" is one of our chunk ids, not a value from the documents', fact.id
+        assert set(reasons) <= {value, "no number", "no name"}, fact.id
         cited = check(f"The answer is {fact.answers[0]} (chunk_id: {value}).", hits, question=fact.question)
         assert cited.reasons == {} and value not in [c.text for c, _ in cited.checked], fact.id
 

