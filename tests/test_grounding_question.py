@@ -209,6 +209,20 @@ def test_the_clause_giving_the_value_names_the_member_it_is_for():
         "80 degrees": '"80 degrees" is only in passages about Hydra-7, not Hydra-5'}  # naming the Hydra-7 gives no value
 
 
+
+def test_a_value_asked_of_a_code_the_question_asks_about_comes_from_a_passage_naming_it():
+    """Held-out h41 (session 16): E-117's threshold answered with the Hydra-7's pressure, from a page naming no code."""
+    code = make_hit("e117", "Error code E-117 means a blocked suction line: the controller has seen inlet pressure "
+                            "fall below the cavitation threshold for more than ten seconds.", source="manual.pdf")
+    question = "What inlet pressure in bar is the cavitation threshold that triggers error code E-117 on the Hydra-7?"
+    assert mismatched("The threshold that triggers E-117 on the Hydra-7 is 42.", question, [PASSAGES[0], code]) == {
+        "42": '"42" is in none of the retrieved passages about E-117'}
+    assert mismatched("For more than ten seconds.", "How long must the pressure stay low to trigger error code "
+                                                    "E-117?", [PASSAGES[0], code]) == {}  # from its passage
+    assert mismatched("A blocked suction line; the pump is rated for 42 bar.", "What does error code E-117 mean?",
+                      [PASSAGES[0], code]) == {}  # a meaning asked, not a value: an aside is not judged
+    assert list(mismatched("It is 42.", question, [PASSAGES[0]])) == ["E-117"]  # no passage holds it: rule 4
+
 # ------------------------------------------------------------------------------------ rule 3: our chunk ids
 
 def test_a_chunk_id_given_as_a_value_is_mismatched():

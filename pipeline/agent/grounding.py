@@ -27,7 +27,9 @@ A claim found in the text must also answer the question (unless the answer decli
   than one thing ("and", "or", a comma) is not judged; a bare number ("30") has the kinds the passages give it
   with ("30 days"), and is mismatched when none is the kind asked and no passage gives it bare;
 - the code family: the question names a code (`Hydra-5`) and every passage holding the answer's values names
-  another member of its family (`Hydra-7`) and not it; a passage that names no member is no evidence either way;
+  another member of its family (`Hydra-7`) and not it; a passage that names no member is no evidence either way,
+  except for a value asked of a code the question asks about ("the threshold of error code E-117"): it comes
+  from a passage naming the code, where one was retrieved;
 - our ids: a chunk id is never text of the documents; given as a value it is mismatched, given as a citation
   (after `chunk_id:`, `chunk ids`, `source:`, in brackets) it is no claim.
 - the question's anchors: a code or year the question asks about (`E-309`, `2026`) that no retrieved passage
@@ -690,7 +692,20 @@ _VALUE_KINDS = {"number or code": _ANY_VALUE, "date": _ANY_VALUE, "year": ("numb
                 "name": ("name", "quote", "identifier")}  # the claims that can give what is asked
 
 
-def _no_value(given: Sequence[tuple[Claim, object]], asked: "_Chunk", dimensions: set[str],
+def _wanted(asked: "_Chunk", dimensions: set[str]) -> str | None:
+    """What the question asks for, when it is a value: a number or code, a date, a year, a number, a name."""
+    if _ASKS_CODE.search(asked.folded):
+        return "number or code"
+    if _ASKS_DATE.search(asked.folded):
+        return "date"
+    if _ASKS_YEAR.search(asked.folded):
+        return "year"  # "in which year": a year, not a duration
+    if _ASKS_COUNT.search(asked.folded) or dimensions:
+        return "number"
+    return "name" if _ASKS_NAME.search(asked.folded) else None
+
+
+def _no_value(given: Sequence[tuple[Claim, object]], asked: "_Chunk", wanted: str | None,
               folded: str) -> list[tuple[Claim, str]]:
     """Rule 0: the question asks for a number (how many, how much, a kind of quantity), a code ("what is the
     document number"), a date or a name (who, "in which city", "which stock exchange"), and the answer gives none
@@ -698,19 +713,7 @@ def _no_value(given: Sequence[tuple[Claim, object]], asked: "_Chunk", dimensions
     number, only years (held-out h47 and h48, session 16: "the document number ... is chunk_id: 523d...", "there
     are no new field engineers who completed Pump School in 2029"; h49 and h53: "listed on another exchange",
     "managed by the maintenance team"; h51: a percentage answered with "the outlook for 2030")."""
-    if _ASKS_CODE.search(asked.folded):
-        wanted = "number or code"
-    elif _ASKS_DATE.search(asked.folded):
-        wanted = "date"
-    elif _ASKS_YEAR.search(asked.folded):
-        wanted = "year"  # "in which year": a year, not a duration
-    elif _ASKS_COUNT.search(asked.folded) or dimensions:
-        wanted = "number"
-    elif _ASKS_NAME.search(asked.folded):
-        wanted = "name"
-    else:
-        return []
-    if any(claim.kind in _VALUE_KINDS[wanted] and not asked.supports(claim, data) and not (
+    if wanted is None or any(claim.kind in _VALUE_KINDS[wanted] and not asked.supports(claim, data) and not (
             wanted == "number" and claim.kind == "number" and _is_year(data)  # type: ignore[arg-type]
             and _counted_noun(folded, data) is None) for claim, data in given):  # type: ignore[arg-type]
         return []
@@ -806,22 +809,32 @@ def _members(chunk: "_Chunk", family: str) -> set[str]:
 
 
 def _subject_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], question: str,
-                        asked: "_Chunk") -> list[tuple[Claim, str]]:
+                        asked: "_Chunk", wanted: str | None) -> list[tuple[Claim, str]]:
     """Rule 2: the question names a code of a family (`Hydra-5`), and every passage holding the answer's values
     names another member (`Hydra-7`) and not it. The answer's values are its claims the question does not hold,
     other members of the family aside (an answer that also names the Hydra-7 gives no value by it); a passage
-    naming no member of the family (a manual page that never repeats the model) is no evidence either way.
+    naming no member of the family (a manual page that never repeats the model) is no evidence either way, unless
+    the question asks for a value (rule 0) of a code it names as what it asks about ("the threshold that triggers
+    error code E-117") and a retrieved passage holds the code: then a number, date or code of the answer is in a
+    passage naming it (held-out h41, session 16: the Hydra-7's 42 bar as E-117's threshold).
     """
     values = [(claim, data) for claim, data in found if not asked.supports(claim, data)]
-    for subject in (c.text for c in extract_claims(question) if c.kind == "identifier"):
-        code = _FAMILY.match(_fold(subject))
+    for start, subject, data in _extract(normalize(question)):
+        code = _FAMILY.match(_fold(subject.text)) if subject.kind == "identifier" else None
         if code is None:
             continue
         own = [(claim, data) for claim, data in values if not _of_family(claim, code.group(1))]  # not "the Hydra-7"
         others = _other_members(own, chunks, code.group(1), code.group(3)) if own else set()
         if others:
-            about = " or ".join(_written_as(subject, code, others))
-            return [(claim, f'"{claim.text}" is only in passages about {about}, not {subject}') for claim, _ in own]
+            about = " or ".join(_written_as(subject.text, code, others))
+            return [(claim, f'"{claim.text}" is only in passages about {about}, not {subject.text}')
+                    for claim, _ in own]
+        holding = [c for c in chunks if c.supports(subject, data)]
+        given = [(claim, value) for claim, value in own if claim.kind in _ANY_VALUE]  # a name may be an aside
+        if wanted and given and holding and _NAMED_AS_OBJECT.search(asked.folded[:start]) and not any(
+                c.supports(claim, value) for claim, value in given for c in holding):
+            return [(claim, f'"{claim.text}" is in none of the retrieved passages about {subject.text}')
+                    for claim, _ in given]
     return []
 
 
@@ -1059,9 +1072,10 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
             found.append((claim, data))
     if question and not declines:
         dimensions, folded = asked_dimensions(question), text.casefold()
-        mismatched += _no_value(given, asked, dimensions, folded) or \
+        wanted = _wanted(asked, dimensions)
+        mismatched += _no_value(given, asked, wanted, folded) or \
             _quantity_mismatches(found, dimensions, chunks, folded) or _date_mismatches(found, asked.folded) or \
-            _subject_mismatches(found, chunks, question, asked) or _anchor_mismatches(chunks, question) or \
+            _subject_mismatches(found, chunks, question, asked, wanted) or _anchor_mismatches(chunks, question) or \
             _setting_mismatches(found, chunks, question, asked, folded)
     return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))
 
