@@ -361,6 +361,51 @@ def test_a_value_whose_sentences_name_the_questions_year_or_place_or_none_is_not
     assert mismatched(said, question, hits) == {}
 
 
+# ------------------------------------------------------------------------------------ rule 6: what is asked about
+
+COVERS = [make_hit("c01", "Norrvik Hydraulics - Annual Report 2029. Pumps and pumping systems for water, energy and "
+                          "industry.", source="norrvik_annual_report_2029.pdf", page=1),
+          make_hit("c02", "Norrvik Hydraulics - Service Manual NH-7-SM rev. C. Keep this manual near the pump.",
+                   source="hydra-7_service_manual.pdf", page=4)]  # the company's name: on most pages retrieved
+SCHOOL = make_hit("e01", "Every new field engineer completes Pump School within their first 30 days.",
+                  source="engineer_onboarding.md", heading="Field engineer onboarding > Pump School")
+MEETING = make_hit("b01", "Minutes of the meeting of the board of directors of Norrvik Hydraulics held on 12 March 2029 "
+                          "in Stavanger.", source="board_minutes_2029-03.docx")
+
+
+@pytest.mark.parametrize("question, said, reason", [
+    # held-out h43, h59 (session 16): a year the passages give for no founding, no appointment
+    ("In which year was Norrvik Hydraulics founded?", "Norrvik Hydraulics was founded in 2029.",
+     {"2029": '"2029" is in none of the retrieved passages about what the question asks ("founded")'}),
+    ("In which year did Marit Haugen become chief executive?", "She became chief executive in 2029.",
+     {"2029": '"2029" is in none of the retrieved passages about what the question asks ("Marit Haugen", '
+              '"become", "chief", "executive")'}),
+    # h46, h60: a place of the company's, given for a sales office and for Pump School's town
+    ("In which German city does Norrvik Hydraulics have its sales office?", "In Stavanger.",
+     {"Stavanger": '"Stavanger" is in none of the retrieved passages about what the question asks ("sales", '
+                   '"office")'}),
+    ("In which town is Pump School held?", "Pump School is held in Stavanger.",
+     {"Stavanger": '"Stavanger" is in none of the retrieved passages about what the question asks ("Pump School", '
+                   '"held")'}),
+])
+def test_a_year_or_name_asked_from_no_passage_about_what_is_asked_is_mismatched(question, said, reason):
+    letter = make_hit("l02", "Chief Executive Officer Marit Haugen thanks all employees.", source="report_2029.pdf")
+    assert mismatched(said, question, [*COVERS, SCHOOL, MEETING, letter]) == reason
+
+
+@pytest.mark.parametrize("question, said, hit", [
+    ("In which year was Norrvik Hydraulics founded?", "In 1987.",  # the company's name tells no page apart
+     make_hit("f01", "The company was founded in 1987.", source="history.md")),
+    ("In which town is Pump School held?", "In Bergen.",
+     make_hit("e02", "Pump School is held at the Bergen service centre.", source="engineer_onboarding.md")),
+    ("Who handles warranty claims for the Hydra-7?", "Ingrid Solberg, at the Norrvik Hydraulics office in Stavanger.",
+     make_hit("w01", "Warranty claims for the Hydra-7 are handled by the service coordinator, Ingrid Solberg, at the "
+                     "Norrvik Hydraulics service centre in Stavanger.", source="hydra-7_service_manual.pdf")),
+])
+def test_a_year_or_name_asked_from_a_passage_about_what_is_asked_is_not_flagged(question, said, hit):
+    assert mismatched(said, question, [*COVERS, SCHOOL, MEETING, hit]) == {}
+
+
 def test_a_unit_in_words_stands_by_its_number():
     """The 1.5B model's answer to the flow-rate question (session 13): "30" is in the text only as "30 days"."""
     question = "What is the maximum flow rate of the Hydra-7 pump in cubic metres per hour?"

@@ -35,6 +35,9 @@ A claim found in the text must also answer the question (unless the answer decli
 - the question's anchors: a code or year the question asks about (`E-309`, `2026`) that no retrieved passage
   holds; what the passages say of other things does not answer it (names are no anchors: a report's pages seldom
   repeat the company's name).
+- what is asked about: a year or a name asked ("in which year was it founded", "in which town is Pump School
+  held") is given from a passage holding a word of the question besides its claims ("founded") and its names
+  that few passages hold ("Pump School"); one found only in other passages answers another question.
 What it cannot see: a true value attached to the wrong subject when the passage names the subject too or no
 code tells them apart ("the Hydra-5 is rated for 42 bar" beside "the Hydra-5 was limited to 35 bar"), a value of
 the right kind about another attribute (the seal interval given for the warranty), paraphrased claims without
@@ -46,6 +49,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import cached_property
 from decimal import Decimal, InvalidOperation
 from typing import Iterable, Mapping, Sequence
 
@@ -531,6 +535,11 @@ class _Chunk:
         self.dates = [reading for _, _, readings in _dates(self.folded) for reading in readings]
         self.years = {int(v) for v, _, _ in self.numbers if v == v.to_integral_value() and 1000 <= v <= 2999}
 
+    @cached_property
+    def stems(self) -> set[str]:
+        """The stems of its words (`stem`), heading and file name included."""
+        return {stem(word) for word in self.word_set}
+
     def units_after(self, number: _Number) -> set[str]:
         """The units within four tokens after `number` in this chunk, and a currency before it."""
         near = _unit_tokens(self.folded, number.number_end, 4)
@@ -587,10 +596,11 @@ class _Chunk:
 
 
 # ------------------------------------------------------------------------------------ does it answer the question?
-# A claim can be in the retrieved text and still not answer the question. Five rules, each one line to the user:
-# the quantity asked against the quantities given, the question's codes in the passage that holds the value, our
-# own chunk ids given as a value, the question's anchors in none of the retrieved text, and the question's year or
-# place against the one the sentences holding the value are about.
+# A claim can be in the retrieved text and still not answer the question. The rules, each one line to the user: a
+# value of what is asked at all (0), the quantity asked against the quantities given (1), the question's codes in
+# the passage that holds the value (2), our own chunk ids given as a value (3), the question's anchors in none of
+# the retrieved text (4), the question's year or place against the one the sentences holding the value are about
+# (5), and a year or name asked found only in passages about other things (6).
 
 _DIMENSION_OF = {canon: dimension for dimension, canons in {
     "pressure": "bar psi pa kpa mpa", "duration": "hour minute second ms day week month year",
@@ -988,6 +998,39 @@ def _other_places(sentences: Sequence[tuple["_Chunk", str]], places: set[tuple[s
     return None
 
 
+_ASKED_NOUNS = {*_NAME_NOUNS, "year", "date", "day", "place"}  # what a question asks for, not what it is about
+
+
+def _topic_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], question: str,
+                      asked: "_Chunk", wanted: str | None) -> list[tuple[Claim, str]]:
+    """Rule 6: the question asks for a year or a name (rule 0), and none of the answer's years (names) that the
+    question does not hold is in a retrieved passage about what it asks: one holding a word of the question other
+    than its claims, common words and what it asks for ("founded" in "in which year was Norrvik Hydraulics
+    founded?"), and each name of the question that some but at most half of the retrieved passages hold ("Pump
+    School"; not the company's name, on every page). Held-out h43, h46, h59, h60 (session 16): years and places
+    the documents give for other things ("founded in 2029", Stavanger as a German city and as Pump School's town).
+    """
+    if wanted not in ("year", "name"):
+        return []
+    values = [(claim, data) for claim, data in found if not asked.supports(claim, data) and (
+        claim.kind == "name" if wanted == "name"
+        else claim.kind == "date" or (claim.kind == "number" and _is_year(data)))]  # type: ignore[arg-type]
+    claims = [(claim, data) for _, claim, data in _extract(normalize(question))]
+    held = {word for claim, _ in claims for word in _words(_fold(claim.text))}
+    terms = {stem(w): w for w in asked.words if len(w) > 2 and w not in _COMMON | _ASKED_NOUNS | held}
+    names = [(claim, data) for claim, data in claims if claim.kind == "name"
+             and 0 < sum(c.supports(claim, data) for c in chunks) <= len(chunks) / 2]
+
+    def about(chunk: "_Chunk") -> bool:
+        return (not terms or bool(chunk.stems & terms.keys())) and all(chunk.supports(c, d) for c, d in names)
+
+    if not values or any(about(c) for claim, data in values for c in chunks if c.supports(claim, data)):
+        return []
+    what = ", ".join([*(f'"{claim.text}"' for claim, _ in names), *(f'"{w}"' for w in terms.values())])
+    return [(claim, f'"{claim.text}" is in none of the retrieved passages about what the question asks ({what})')
+            for claim, _ in values]
+
+
 def _cites(text: str, start: int) -> bool:
     """The token at `start` stands where a citation does: after a label (`chunk ids`, `source:`) or a bracket,
     possibly after other ids of the same list."""
@@ -1076,7 +1119,8 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
         mismatched += _no_value(given, asked, wanted, folded) or \
             _quantity_mismatches(found, dimensions, chunks, folded) or _date_mismatches(found, asked.folded) or \
             _subject_mismatches(found, chunks, question, asked, wanted) or _anchor_mismatches(chunks, question) or \
-            _setting_mismatches(found, chunks, question, asked, folded)
+            _setting_mismatches(found, chunks, question, asked, folded) or \
+            _topic_mismatches(found, chunks, question, asked, wanted)
     return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))
 
 
