@@ -406,6 +406,34 @@ def test_a_year_or_name_asked_from_a_passage_about_what_is_asked_is_not_flagged(
     assert mismatched(said, question, [*COVERS, SCHOOL, MEETING, hit]) == {}
 
 
+# ------------------------------------------------------------------------------------ rule 7: what a count counts
+
+SHIFTS = make_hit("o1", "The Stavanger plant ran two shifts throughout the year.", source="report.pdf")
+RENEWAL = make_hit("e03", "Certification is renewed every two years.", source="engineer_onboarding.md")
+STAFF = make_hit("p06", "The company employed 412 people at year end.", source="report.pdf")
+
+
+@pytest.mark.parametrize("question, said, reason", [
+    # held-out h57 (session 16) and h28 (session 14): a count of other things given for the one asked
+    ("How many assembly lines does the Stavanger plant have?", "The Stavanger plant has two assembly lines.",
+     {"two": '"two" counts shifts or years in the retrieved passages, not what the answer counts'}),
+    ("How many field engineers work at the Bergen service centre?", "There are 412 field engineers.",
+     {"412": '"412" counts people in the retrieved passages, not what the answer counts'}),
+])
+def test_a_count_the_passages_give_to_other_things_is_mismatched(question, said, reason):
+    assert mismatched(said, question, [SHIFTS, RENEWAL, STAFF]) == reason
+
+
+@pytest.mark.parametrize("said, hit", [
+    ("Three pumps had worn bearings.", VISIT),  # the same thing counted
+    ("Three pumps had worn bearings.", make_hit("v2", "Of the pumps, three of them had worn bearings.", source="v.md")),
+    ("Two units got new firmware.", make_hit("v3", "Firmware was updated on two pump units.", source="v.md")),
+    ("Two.", SHIFTS),  # a bare number counts nothing
+])
+def test_a_count_of_the_same_thing_or_with_no_word_after_it_is_not_flagged(said, hit):
+    assert mismatched(said, "How many pumps or units?", [hit]) == {}
+
+
 def test_a_unit_in_words_stands_by_its_number():
     """The 1.5B model's answer to the flow-rate question (session 13): "30" is in the text only as "30 days"."""
     question = "What is the maximum flow rate of the Hydra-7 pump in cubic metres per hour?"

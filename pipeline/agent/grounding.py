@@ -38,6 +38,8 @@ A claim found in the text must also answer the question (unless the answer decli
 - what is asked about: a year or a name asked ("in which year was it founded", "in which town is Pump School
   held") is given from a passage holding a word of the question besides its claims ("founded") and its names
   that few passages hold ("Pump School"); one found only in other passages answers another question.
+- what a count counts: a number the answer counts something with ("two assembly lines") that every retrieved
+  sentence holding it gives to another word ("ran two shifts", "every two years").
 What it cannot see: a true value attached to the wrong subject when the passage names the subject too or no
 code tells them apart ("the Hydra-5 is rated for 42 bar" beside "the Hydra-5 was limited to 35 bar"), a value of
 the right kind about another attribute (the seal interval given for the warranty), paraphrased claims without
@@ -600,7 +602,7 @@ class _Chunk:
 # value of what is asked at all (0), the quantity asked against the quantities given (1), the question's codes in
 # the passage that holds the value (2), our own chunk ids given as a value (3), the question's anchors in none of
 # the retrieved text (4), the question's year or place against the one the sentences holding the value are about
-# (5), and a year or name asked found only in passages about other things (6).
+# (5), a year or name asked found only in passages about other things (6), and a count of other things (7).
 
 _DIMENSION_OF = {canon: dimension for dimension, canons in {
     "pressure": "bar psi pa kpa mpa", "duration": "hour minute second ms day week month year",
@@ -958,13 +960,16 @@ def _counted_noun(folded_answer: str, number: "_Number") -> str | None:
     return stem(following.group(1))
 
 
+def _words_after(sentence: str, number: "_Number") -> list[list[str]]:
+    """The three words after each place `sentence` gives `number`'s value ("on two pump units": [["pump", "units"]])."""
+    folded = _fold(sentence)
+    return [_COUNTED.findall(folded[given.number_end:])[:3]
+            for given in [*_digit_numbers(folded), *_word_numbers(folded, with_one=True)] if given.value == number.value]
+
+
 def _counts(sentence: str, number: "_Number", noun: str) -> bool:
     """`sentence` gives `number` with `noun` among the three words after it ("updated on two pump units")."""
-    folded = _fold(sentence)
-    for given in [*_digit_numbers(folded), *_word_numbers(folded, with_one=True)]:
-        if given.value == number.value and noun in map(stem, _COUNTED.findall(folded[given.number_end:])[:3]):
-            return True
-    return False
+    return any(noun in map(stem, words) for words in _words_after(sentence, number))
 
 
 def _other_years(sentences: Sequence[tuple["_Chunk", str]], years: set[int], claim: Claim) -> str | None:
@@ -996,6 +1001,35 @@ def _other_places(sentences: Sequence[tuple["_Chunk", str]], places: set[tuple[s
             return (f'"{claim.text}" is given for the {" or ".join(sorted(others))} {noun} in the retrieved passages, '
                     f"not the {name} {noun}")
     return None
+
+
+_COUNT_WORD = re.compile(r"[ \t]*[a-z]{3,}\b")  # a word in lower case: "lines", not "Nm" (a unit we do not know)
+
+
+def _count_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence["_Chunk"], asked: "_Chunk",
+                      text: str) -> list[tuple[Claim, str]]:
+    """Rule 7: a number the (normalized) answer gives as a count ("two assembly lines") that no retrieved sentence
+    holding it counts the same thing with, while each gives it to another word ("ran two shifts", "every two years",
+    "employed 412 people"): it counts those. A sentence where a common word follows it ("three of the pumps") is no
+    evidence either way; years aside, and a word not in lower case ("30 Nm": a unit we may not know). Held-out h57,
+    session 16; h28, session 14: 412 employees as Bergen's field engineers.
+    """
+    mismatched = []
+    for claim, data in found:
+        if claim.kind != "number" or asked.supports(claim, data) or _is_year(data):  # type: ignore[arg-type]
+            continue
+        noun = _counted_noun(text.casefold(), data)  # type: ignore[arg-type]
+        if noun is None or not _COUNT_WORD.match(text, data.number_end):  # type: ignore[attr-defined]
+            continue
+        sentences = [s.body for c in chunks if c.supports(claim, data)
+                     for s in _parts_holding(c, claim, data, _SENTENCE_END)]
+        after = [words for s in sentences for words in _words_after(s, data)]  # type: ignore[arg-type]
+        if not after or any(not words or words[0] in _COMMON or noun in map(stem, words) for words in after):
+            continue
+        others = " or ".join(sorted({words[0] for words in after}))
+        mismatched.append((claim, f'"{claim.text}" counts {others} in the retrieved passages, not what the answer '
+                                  "counts"))
+    return mismatched
 
 
 _ASKED_NOUNS = {*_NAME_NOUNS, "year", "date", "day", "place"}  # what a question asks for, not what it is about
@@ -1120,7 +1154,7 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
             _quantity_mismatches(found, dimensions, chunks, folded) or _date_mismatches(found, asked.folded) or \
             _subject_mismatches(found, chunks, question, asked, wanted) or _anchor_mismatches(chunks, question) or \
             _setting_mismatches(found, chunks, question, asked, folded) or \
-            _topic_mismatches(found, chunks, question, asked, wanted)
+            _topic_mismatches(found, chunks, question, asked, wanted) or _count_mismatches(found, chunks, asked, text)
     return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))
 
 
