@@ -338,6 +338,9 @@ VISIT = make_hit("v01", "Of the eleven Hydra-7 pumps installed at the Bergen wat
      '"Two" is given for the Bergen plant in the retrieved passages, not the Stavanger plant'),
     ("How many shifts did the Tromso plant run?", "There were two shifts at the Tromso plant.", "two",
      '"two" is given for the Stavanger plant in the retrieved passages, not the Tromso plant'),
+    # h39 re-run (session 16): the sentence names 2028 only as the base of 2029's growth
+    ("By what percentage did revenue grow in 2028?", "Revenue grew by 7.2% in 2028.", "7.2%",
+     '"7.2%" is given for 2029 in the retrieved passages, not for 2028'),
 ])
 def test_a_value_whose_sentences_are_about_another_year_or_place_is_mismatched(question, said, claim, reason):
     shifts = make_hit("o1", "The Stavanger plant ran two shifts throughout the year.", source="report.pdf")
@@ -346,7 +349,8 @@ def test_a_value_whose_sentences_are_about_another_year_or_place_is_mismatched(q
 
 @pytest.mark.parametrize("question, said", [
     ("What was Norrvik Hydraulics' revenue in 2029?", "184.6 million euros, up 7.2 percent from 2028."),
-    ("What was the revenue in 2028?", "172.2 million euros."),  # the sentence names 2028 too
+    ("What was the revenue in 2028?", "172.2 million euros."),  # the base of the comparison is 2028's
+    ("What was the revenue in 2029?", "184.6 million euros, up from 172.2 million euros in 2028."),  # a base: no value
     ("What budget did the board approve for the Tromso plant expansion?", "2.4 million euros."),
     ("How many pumps at the Bergen water treatment plant had worn bearings?", "Three."),
     ("How many shifts did the Stavanger plant run?", "Two shifts."),  # the sentence counting shifts names it

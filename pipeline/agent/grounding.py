@@ -926,15 +926,19 @@ def _setting_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence[
     (`norrvik_annual_report_2029.pdf`: 2029); where they name none either, it is no evidence either way. The
     answer's values are its numbers and dates the question does not hold, years aside. A number the answer gives
     as a count ("two units") is held by the sentences that count the same thing with it ("firmware updated on two
-    units", not "ran two shifts"), where any do (held-out h38 and h40, session 15).
+    units", not "ran two shifts"), where any do (held-out h38 and h40, session 15). A comparison's base ("up 7.2
+    percent from 172.2 million euros in 2028") is of its own year, and the rest of its sentence of the others, in
+    the passages and in the answer (whose base gives no value: h39 re-run, session 16, 2029's growth for 2028).
     """
     text = normalize(question)
     years = {int(d.value) for _, c, d in _extract(text) if c.kind == "number" and _is_year(d)}  # type: ignore
     places = _places(text)
     if not years and not places:
         return []
+    bases = [_Chunk("(answer)", base, set()) for base in _BASE.findall(folded_answer)]
     values = [(claim, data) for claim, data in found if claim.kind in ("number", "date")
-              and not asked.supports(claim, data) and not (claim.kind == "number" and _is_year(data))]  # type: ignore
+              and not asked.supports(claim, data) and not (claim.kind == "number" and _is_year(data))  # type: ignore
+              and not any(base.supports(claim, data) for base in bases)]
     mismatched = []
     for claim, data in values:
         sentences = [(chunk, s.body) for chunk in chunks if chunk.supports(claim, data)
@@ -943,7 +947,7 @@ def _setting_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence[
             sentences = [(c, s) for c, s in sentences if _counts(s, data, noun)] or sentences  # type: ignore[arg-type]
         if not sentences:
             continue
-        reason = _other_years(sentences, years, claim) or _other_places(sentences, places, text, claim)
+        reason = _other_years(sentences, years, claim, data) or _other_places(sentences, places, text, claim)
         if reason:
             mismatched.append((claim, reason))
     return mismatched
@@ -972,11 +976,23 @@ def _counts(sentence: str, number: "_Number", noun: str) -> bool:
     return any(noun in map(stem, words) for words in _words_after(sentence, number))
 
 
-def _other_years(sentences: Sequence[tuple["_Chunk", str]], years: set[int], claim: Claim) -> str | None:
+_BASE = re.compile(r"\b(?:from|than|compared (?:with|to)|against)\s(?:[^.;]|\.(?=\d))*?\bin\s+(?:19|20)\d\d\b",
+                   re.IGNORECASE)  # "from 172.2 million euros in 2028"
+
+
+def _years_for(sentence: str, claim: Claim, data: object) -> set[int]:
+    """The years `sentence` gives `claim` for: those of the comparison's base holding it ("from 172.2 million euros
+    in 2028"), else those of the rest of the sentence, else all it names."""
+    held = [base for base in _BASE.findall(sentence) if _Chunk("(base)", base, set()).supports(claim, data)]
+    return set().union(*map(_years_in, held)) if held else _years_in(_BASE.sub(" ", sentence)) or _years_in(sentence)
+
+
+def _other_years(sentences: Sequence[tuple["_Chunk", str]], years: set[int], claim: Claim,
+                 data: object) -> str | None:
     """Why `claim` is about other years than the question's `years`, when every sentence holding it is."""
     others: set[int] = set()
     for chunk, sentence in sentences:
-        named = _years_in(sentence) or {int(y) for y in _YEAR_IN_NAME.findall(chunk.setting)}
+        named = _years_for(sentence, claim, data) or {int(y) for y in _YEAR_IN_NAME.findall(chunk.setting)}
         if not years or not named or named & years:
             return None
         others |= named
