@@ -123,7 +123,9 @@ def test_feedback_asks_the_vector_index_once_and_bm25_twice_and_reads_no_row_twi
     takes: list[list[int]] = []
     hybrid_matches(_Calls(table, calls, takes), query_vector, "pump seals", Fusion(feedback_docs=5))
     assert calls == {"nearest_to": 1, "nearest_to_text": 2, "take_row_ids": 3}
-    assert sorted(len(rows) for rows in takes) == [5, 5, 62]  # the two lists' first 5; the 62 vectors re-ranked
+    texts, vectors = sorted(takes, key=len)[:2], sorted(takes, key=len)[2]
+    assert len(vectors) == 62 and all(0 < len(rows) <= 5 for rows in texts)  # one list's first 5 may hold the
+    # other's, read by whichever take came first; the second pass reads nothing
     assert all(len(set(rows)) == len(rows) for rows in takes)
 
 
