@@ -252,11 +252,9 @@ class _Read:
         known = self.read[column]
         missing = [i for i in dict.fromkeys(row_ids.tolist()) if i not in known]
         if missing:
-            rows = await self.table.take_row_ids(missing).select([column]).with_row_id().to_arrow()
-            values = rows[column]
-            values = (np.stack(values.to_numpy(zero_copy_only=False)).astype(np.float64) if column == "vector"
-                      else values.to_pylist())
-            known.update(zip(rows["_rowid"].to_pylist(), values))
+            values = (await _take_in_order(self.table, np.array(missing), [column]))[column]
+            known.update(zip(missing, np.stack(values.to_numpy(zero_copy_only=False)).astype(np.float64)
+                             if column == "vector" else values.to_pylist()))
         return [known[i] for i in row_ids.tolist()]
 
 
