@@ -522,6 +522,7 @@ class _Chunk:
     def __init__(self, chunk_id: str, text: str, pages: set[int], setting: str = "") -> None:
         self.chunk_id = chunk_id
         self.body, self.setting = normalize(text), normalize(setting)
+        self.text = text
         self.folded = _fold(f"{text}\n{setting}" if setting else text)
         self.words = _words(self.folded)
         self.joined = f" {' '.join(self.words)} "
@@ -536,6 +537,11 @@ class _Chunk:
                 self.kinds.setdefault(number.value, set()).update({_DIMENSION_OF.get(u) for u in units} or {None})
         self.dates = [reading for _, _, readings in _dates(self.folded) for reading in readings]
         self.years = {int(v) for v, _, _ in self.numbers if v == v.to_integral_value() and 1000 <= v <= 2999}
+
+    @cached_property
+    def claims(self) -> list[tuple[int, Claim, object]]:
+        """The claims of its text (extracted once: the question's are asked for by several rules)."""
+        return list(_extract(normalize(self.text)))
 
     @cached_property
     def stems(self) -> set[str]:
@@ -831,7 +837,7 @@ def _subject_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence[
     passage naming it (held-out h41, session 16: the Hydra-7's 42 bar as E-117's threshold).
     """
     values = [(claim, data) for claim, data in found if not asked.supports(claim, data)]
-    for start, subject, data in _extract(normalize(question)):
+    for start, subject, data in asked.claims:
         code = _FAMILY.match(_fold(subject.text)) if subject.kind == "identifier" else None
         if code is None:
             continue
@@ -1065,7 +1071,7 @@ def _topic_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence["_
     values = [(claim, data) for claim, data in found if not asked.supports(claim, data) and (
         claim.kind == "name" if wanted == "name"
         else claim.kind == "date" or (claim.kind == "number" and _is_year(data)))]  # type: ignore[arg-type]
-    claims = [(claim, data) for _, claim, data in _extract(normalize(question))]
+    claims = [(claim, data) for _, claim, data in asked.claims]
     held = {word for claim, _ in claims for word in _words(_fold(claim.text))}
     terms = {stem(w): w for w in asked.words if len(w) > 2 and w not in _COMMON | _ASKED_NOUNS | held}
     names = [(claim, data) for claim, data in claims if claim.kind == "name"
