@@ -96,36 +96,39 @@ def test_feedback_docs_must_not_be_negative():
 
 
 class _Calls:
-    """The real table (or a query on its async table), counting the retrievals search asks the async table for and
-    recording each take's row ids."""
+    """The real table (a query on its async table, or its Lance dataset), counting the retrievals search asks for
+    and recording each take's row ids."""
 
     def __init__(self, inner, calls: dict[str, int], takes: list[list[int]]) -> None:
         self.inner, self.calls, self.takes = inner, calls, takes
 
     def __getattr__(self, name):
         attribute = getattr(self.inner, name)
-        if name in ("nearest_to", "nearest_to_text", "take_row_ids"):
+        if name in ("nearest_to", "nearest_to_text", "_take_rows"):
             self.calls[name] = self.calls.get(name, 0) + 1
-        if name == "take_row_ids":
-            return lambda row_ids: (self.takes.append(list(row_ids)), attribute(row_ids))[1]
-        if name == "_table" or name in ("query", "nearest_to", "nearest_to_text"):
+        if name == "_take_rows":
+            return lambda row_ids, **kwargs: (self.takes.append(list(row_ids)), attribute(row_ids, **kwargs))[1]
+        if name in ("_table", "query", "nearest_to", "nearest_to_text", "to_lance"):
             return _Calls(attribute, self.calls, self.takes) if name == "_table" else (
                 lambda *args, **kwargs: _Calls(attribute(*args, **kwargs), self.calls, self.takes))
         return attribute
 
 
 def test_feedback_asks_the_vector_index_once_and_bm25_twice_and_reads_no_row_twice(pump_chunks):
-    """The second pass only orders first-pass matches: Rocchio's vector re-ranks the fused head from the stored
-    vectors the first pass read, and only BM25 runs again; each retriever reads the search text of its first 5
-    rows beside the other's query, so the second pass has the feedback chunks' text at hand."""
+    """The second pass only orders first-pass matches: Rocchio's vector re-ranks the fused head from stored
+    vectors, and only BM25 runs again. Each retriever reads the search text of its first 5 rows beside the other's
+    query (the vector side with their vectors, the only ones it re-ranks exactly: the second pass re-ranks the
+    head), so the second pass has the feedback chunks' text at hand and reads the head's other vectors."""
     table, query_vector = pump_chunks
     calls: dict[str, int] = {}
     takes: list[list[int]] = []
-    hybrid_matches(_Calls(table, calls, takes), query_vector, "pump seals", Fusion(feedback_docs=5))
-    assert calls == {"nearest_to": 1, "nearest_to_text": 2, "take_row_ids": 3}
-    texts, vectors = sorted(takes, key=len)[:2], sorted(takes, key=len)[2]
-    assert len(vectors) == 62 and all(0 < len(rows) <= 5 for rows in texts)  # one list's first 5 may hold the
-    # other's, read by whichever take came first; the second pass reads nothing
+    ids, _, _ = hybrid_matches(_Calls(table, calls, takes), query_vector, "pump seals", Fusion(feedback_docs=5))
+    assert calls == {"nearest_to": 1, "nearest_to_text": 2, "_take_rows": 3}
+    *first, head = takes  # the second pass's take comes last
+    near = [rows for rows in first if not set(rows) & set(head)]  # the vector side's, whose vectors are read
+    assert len(near) == 1 and len(near[0]) == 5 and all(0 < len(rows) <= 5 for rows in first)  # the BM25 side's
+    # first 5 may hold some of the vector side's, read by whichever take came first
+    assert sorted(near[0] + head) == sorted(ids[:62].tolist())  # each head row's vector read once
     assert all(len(set(rows)) == len(rows) for rows in takes)
 
 
@@ -133,8 +136,9 @@ def test_feedback_reads_what_the_first_pass_did_not(pump_chunks, monkeypatch):
     """With no text read ahead, the second pass reads the feedback chunks' text itself: the same ranking."""
     table, query_vector = pump_chunks
     expected = hybrid_matches(table, query_vector, "pump seals", Fusion(feedback_docs=5))
-    monkeypatch.setattr(search._Read, "ahead", lambda self, ids, feedback: search.asyncio.sleep(0))
+    monkeypatch.setattr(search._Read, "ahead", lambda self, ids, feedback, **_: search.asyncio.sleep(0))
     takes: list[list[int]] = []
     got = hybrid_matches(_Calls(table, {}, takes), query_vector, "pump seals", Fusion(feedback_docs=5))
-    assert sorted(len(rows) for rows in takes) == [5, 62]
+    assert sorted(len(rows) for rows in takes) == [5, 5, 57]  # the vector side's first 5 vectors, the feedback
+    # chunks' text, the rest of the head's vectors
     assert all(np.array_equal(a, b) for a, b in zip(expected, got))

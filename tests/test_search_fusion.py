@@ -86,14 +86,30 @@ def test_a_query_holding_an_identifier_gets_a_chunk_with_it_first(identifier_arc
 
 class TextReads:
     """The real chunks table, counting every row of `text` that a query or take on its async table (the one search
-    queries) hands back."""
+    queries) or a take from its Lance dataset (the one search's takes read) hands back."""
 
     def __init__(self, table) -> None:
         self.table, self.rows = table, 0
 
     def __getattr__(self, name):
         attribute = getattr(self.table, name)
+        if name == "to_lance":
+            return lambda: _CountedTakes(attribute(), self)
         return _Counted(attribute, self) if name == "_table" else attribute
+
+
+class _CountedTakes:
+    """A Lance dataset whose takes count their rows of `text`."""
+
+    def __init__(self, dataset, reads: TextReads) -> None:
+        self.dataset, self.reads = dataset, reads
+
+    def __getattr__(self, name):
+        return getattr(self.dataset, name)
+
+    def _take_rows(self, row_ids, columns):
+        self.reads.rows += len(row_ids) if "text" in columns else 0
+        return self.dataset._take_rows(row_ids, columns=columns)
 
 
 class _Counted:
