@@ -189,15 +189,25 @@ async def _hybrid_matches(read: _Read, vector: np.ndarray, query: str, fusion: F
         await read.ahead(ranked.ids, feedback)
         return ranked
 
-    rows, near, lists, *tiers = await asyncio.gather(
-        table.count_rows() if tokens else asyncio.sleep(0, 0),
-        _vector_matches(read, vector, depth, feedback=feedback), bm25(),
+    async def nearest() -> tuple[_Neighbours, int, Ranked]:
+        """The vector side: with feedback likely (neighbours enough), only its first rows re-ranked exactly (read
+        with their search text): the second pass re-ranks the fused head exactly."""
+        found = await _neighbours(read, vector)
+        if feedback and len(found.ids) >= FEEDBACK_SHARE * feedback:
+            await read.ahead(found.ids, feedback, vectors=True)
+            return found, feedback, await found.ranked(read, vector, feedback)
+        return found, depth, await found.ranked(read, vector, depth)
+
+    rows, (found, exactly, near), lists, *tiers = await asyncio.gather(
+        table.count_rows() if tokens else asyncio.sleep(0, 0), nearest(), bm25(),
         *(_phrase_matches(table, token) for token in tokens))
     tiers = [tier for tier in tiers if len(tier) <= max(EXACT_RARE_ROWS, EXACT_RARE_SHARE * rows)]
     ids, scores = fuse(near, lists, tiers, fusion)
     exact = not (near.capped or lists.capped)
     if feedback and len(ids) >= FEEDBACK_SHARE * feedback:
         ids, scores = await _second_pass(read, vector, query, ids, scores, tiers, fusion, depth)
+    elif exactly < depth:  # too few matches for feedback after all: the vector side's head exactly, as without it
+        ids, scores = fuse(await found.ranked(read, vector, depth), lists, tiers, fusion)
     return ids, scores, exact
 
 
@@ -356,34 +366,45 @@ def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD, limit: i
     return _run(_vector_matches(_Read(chunks), vector, depth, limit))
 
 
-async def _vector_matches(read: _Read, vector: np.ndarray, depth: int = EXACT_HEAD, limit: int | None = None, *,
-                         feedback: int = 0) -> Ranked:
-    """`vector_matches`, with the vectors read kept in `read`. With `feedback` (hybrid search, whose second pass
-    re-ranks its head exactly), only the first `feedback` rows are re-ranked exactly, read with their search text
-    in one take (`_Read.ahead`), when they leave matches enough for feedback to run; else the first `depth`."""
+async def _vector_matches(read: _Read, vector: np.ndarray, depth: int = EXACT_HEAD,
+                          limit: int | None = None) -> Ranked:
+    return await (await _neighbours(read, vector, limit)).ranked(read, vector, depth)
+
+
+async def _neighbours(read: _Read, vector: np.ndarray, limit: int | None = None) -> _Neighbours:
     limit = limit or COUNT_LIMIT
     result = await (read.table.query().nearest_to(vector).column("vector").distance_type("cosine").nprobes(NPROBES)
                     .select(["_distance"]).limit(limit).with_row_id().to_arrow())
-    ids, approx = result["_rowid"].to_numpy(), result["_distance"].to_numpy().astype(np.float64)
-    scores, enough = 1 - approx, FEEDBACK_SHARE * feedback
-    heads = ([feedback] if feedback and len(ids) >= enough else []) + [depth, len(ids)]
-    for head in sorted({min(head, len(ids)) for head in heads} - {0}):  # all rows only when the first give no scale
-        if head == feedback:
-            await read.ahead(ids, feedback, vectors=True)
-        else:
-            await asyncio.gather(read.vectors(ids[:head]), read.ahead(ids, feedback))
-        sims = _cosine(await read.vectors(ids[:head]), vector)
-        far = (approx[:head] > 1e-6) & (sims < 1 - 1e-6)  # rows identical to the query tell no scale
-        if far.any() or head == len(ids):
-            scale = float(np.median((1 - sims[far]) / approx[:head][far])) if far.any() else 1.0
-            ranked = np.concatenate([sims, 1 - approx[head:] * scale])
-            if head == feedback and head < len(ids) and (ranked >= MIN_SIMILARITY).sum() < enough:
-                continue  # too few matches for feedback: its second pass would not re-rank them
-            order = np.concatenate([np.argsort(-sims, kind="stable"), np.arange(head, len(ids))])
-            ids, scores = ids[order], ranked[order]
-            break
-    keep = scores >= MIN_SIMILARITY
-    return Ranked(ids[keep], scores[keep], result.num_rows >= limit and bool(keep[-1]))
+    return _Neighbours(result["_rowid"].to_numpy(), result["_distance"].to_numpy().astype(np.float64),
+                       result.num_rows >= limit)
+
+
+@dataclass(frozen=True)
+class _Neighbours:
+    """One vector index query's rows, nearest first by the index's approximate cosine distances; `full` when it
+    returned as many rows as it was asked for."""
+
+    ids: np.ndarray
+    approx: np.ndarray
+    full: bool
+
+    async def ranked(self, read: _Read, vector: np.ndarray, head: int) -> Ranked:
+        """The matches (similarity MIN_SIMILARITY or more), the first `head` rows re-ranked by exact similarity
+        (their stored vectors, read through `read`), the rest at the similarity their approximate distance implies,
+        scaled to the exact ones of those first rows (`vector_matches`)."""
+        ids, approx = self.ids, self.approx
+        scores = 1 - approx
+        for rows in sorted({min(head, len(ids)), len(ids)} - {0}):  # all rows only when the first give no scale
+            sims = _cosine(await read.vectors(ids[:rows]), vector)
+            far = (approx[:rows] > 1e-6) & (sims < 1 - 1e-6)  # rows identical to the query tell no scale
+            if far.any() or rows == len(ids):
+                scale = float(np.median((1 - sims[far]) / approx[:rows][far])) if far.any() else 1.0
+                scores = np.concatenate([sims, 1 - approx[rows:] * scale])
+                order = np.concatenate([np.argsort(-sims, kind="stable"), np.arange(rows, len(ids))])
+                ids, scores = ids[order], scores[order]
+                break
+        keep = scores >= MIN_SIMILARITY
+        return Ranked(ids[keep], scores[keep], self.full and bool(keep[-1]))
 
 
 def _cosine(vectors: np.ndarray, vector: np.ndarray) -> np.ndarray:
