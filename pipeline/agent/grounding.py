@@ -51,7 +51,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from decimal import Decimal, InvalidOperation
 from typing import Iterable, Mapping, Sequence
 
@@ -774,7 +774,7 @@ def _kinds_given(value: Decimal, chunks: Sequence["_Chunk"]) -> set[str | None]:
     return {kind for chunk in chunks for kind in chunk.kinds.get(value, ())}
 
 
-def _anchor_mismatches(chunks: Sequence["_Chunk"], question: str) -> list[tuple[Claim, str]]:
+def _anchor_mismatches(chunks: Sequence["_Chunk"], question: str, asked: "_Chunk") -> list[tuple[Claim, str]]:
     """Rule 4: a code or year the question asks about (`E-309`, `2026`) is absent from the retrieved text while others
     of its kind are there (`E-117`; 2028 and 2029): the passages speak of other things and do not answer it.
 
@@ -784,7 +784,7 @@ def _anchor_mismatches(chunks: Sequence["_Chunk"], question: str) -> list[tuple[
     anchors: the pages of a company's report seldom repeat the company's name.
     """
     mismatched = []
-    for start, claim, data in _extract(normalize(question)):
+    for start, claim, data in asked.claims:
         if claim.kind == "number" and _is_year(data):  # type: ignore[arg-type]
             named = sorted({y for c in chunks for y in c.years if y in _YEARS})
             others = [] if int(data.value) in named else [str(y) for y in named]  # type: ignore[attr-defined]
@@ -937,11 +937,11 @@ def _setting_mismatches(found: Sequence[tuple[Claim, object]], chunks: Sequence[
     the passages and in the answer (whose base gives no value: h39 re-run, session 16, 2029's growth for 2028).
     """
     text = normalize(question)
-    years = {int(d.value) for _, c, d in _extract(text) if c.kind == "number" and _is_year(d)}  # type: ignore
+    years = {int(d.value) for _, c, d in asked.claims if c.kind == "number" and _is_year(d)}  # type: ignore
     places = _places(text)
     if not years and not places:
         return []
-    bases = [_Chunk("(answer)", base, set()) for base in _BASE.findall(folded_answer)]
+    bases = _bases(folded_answer)
     values = [(claim, data) for claim, data in found if claim.kind in ("number", "date")
               and not asked.supports(claim, data) and not (claim.kind == "number" and _is_year(data))  # type: ignore
               and not any(base.supports(claim, data) for base in bases)]
@@ -989,8 +989,15 @@ _BASE = re.compile(r"\b(?:from|than|compared (?:with|to)|against)\s(?:[^.;]|\.(?
 def _years_for(sentence: str, claim: Claim, data: object) -> set[int]:
     """The years `sentence` gives `claim` for: those of the comparison's base holding it ("from 172.2 million euros
     in 2028"), else those of the rest of the sentence, else all it names."""
-    held = [base for base in _BASE.findall(sentence) if _Chunk("(base)", base, set()).supports(claim, data)]
+    held = [base.text for base in _bases(sentence) if base.supports(claim, data)]
     return set().union(*map(_years_in, held)) if held else _years_in(_BASE.sub(" ", sentence)) or _years_in(sentence)
+
+
+@lru_cache(maxsize=256)
+def _bases(text: str) -> tuple["_Chunk", ...]:
+    """The comparison bases `text` holds ("from 172.2 million euros in 2028"), each as a passage of its own (asked
+    once per sentence for each of an answer's values)."""
+    return tuple(_Chunk("(base)", base, set()) for base in _BASE.findall(text))
 
 
 def _other_years(sentences: Sequence[tuple["_Chunk", str]], years: set[int], claim: Claim,
@@ -1174,7 +1181,7 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
         wanted = _wanted(asked, dimensions)
         mismatched += _no_value(given, asked, wanted, folded) or \
             _quantity_mismatches(found, dimensions, chunks, folded) or _date_mismatches(found, asked.folded) or \
-            _subject_mismatches(found, chunks, question, asked, wanted) or _anchor_mismatches(chunks, question) or \
+            _subject_mismatches(found, chunks, question, asked, wanted) or _anchor_mismatches(chunks, question, asked) or \
             _setting_mismatches(found, chunks, question, asked, folded) or \
             _topic_mismatches(found, chunks, question, asked, wanted) or _count_mismatches(found, chunks, asked, text)
     return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))
