@@ -136,7 +136,7 @@ def test_feedback_reads_what_the_first_pass_did_not(pump_chunks, monkeypatch):
     """With no text read ahead, the second pass reads the feedback chunks' text itself: the same ranking."""
     table, query_vector = pump_chunks
     expected = hybrid_matches(table, query_vector, "pump seals", Fusion(feedback_docs=5))
-    monkeypatch.setattr(search._Read, "ahead", lambda self, ids, feedback, **_: search.asyncio.sleep(0))
+    monkeypatch.setattr(search._Read, "ahead", lambda self, ids, feedback, **_: search.asyncio.sleep(0, True))  # "read"
     takes: list[list[int]] = []
     got = hybrid_matches(_Calls(table, {}, takes), query_vector, "pump seals", Fusion(feedback_docs=5))
     assert sorted(len(rows) for rows in takes) == [5, 5, 57]  # the vector side's first 5 vectors, the feedback

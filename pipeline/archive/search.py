@@ -193,8 +193,7 @@ async def _hybrid_matches(read: _Read, vector: np.ndarray, query: str, fusion: F
         """The vector side: with feedback likely (neighbours enough), only its first rows re-ranked exactly (read
         with their search text): the second pass re-ranks the fused head exactly."""
         found = await _neighbours(read, vector)
-        if feedback and len(found.ids) >= FEEDBACK_SHARE * feedback:
-            await read.ahead(found.ids, feedback, vectors=True)
+        if await read.ahead(found.ids, feedback, vectors=True):
             return found, feedback, await found.ranked(read, vector, feedback)
         return found, depth, await found.ranked(read, vector, depth)
 
@@ -249,11 +248,13 @@ class _Read:
         self.table, self.dataset, self.shown = _table(chunks), _dataset(chunks), shown or []
         self.read: dict[str, dict[int, Any]] = {}
 
-    async def ahead(self, ranked_ids: np.ndarray, feedback: int, *, vectors: bool = False) -> None:
+    async def ahead(self, ranked_ids: np.ndarray, feedback: int, *, vectors: bool = False) -> bool:
         """Read the search text (and with `vectors`, the vectors) of the first `feedback` of `ranked_ids` when they
-        are enough for feedback to run."""
-        if feedback and len(ranked_ids) >= FEEDBACK_SHARE * feedback:
-            await self._fetch(ranked_ids[:feedback], [SEARCH_COLUMN, *(["vector"] if vectors else [])])
+        are enough for feedback to run; whether they were."""
+        if not (feedback and len(ranked_ids) >= FEEDBACK_SHARE * feedback):
+            return False
+        await self._fetch(ranked_ids[:feedback], [SEARCH_COLUMN, *(["vector"] if vectors else [])])
+        return True
 
     async def texts(self, row_ids: np.ndarray) -> list[str]:
         await self._fetch(row_ids, [SEARCH_COLUMN])
@@ -268,9 +269,10 @@ class _Read:
 
     async def rows(self, row_ids: np.ndarray) -> list[dict[str, Any]]:
         """The shown columns of `row_ids`, a dict per row, in their order."""
+        if not len(row_ids):
+            return []
         await self._fetch(row_ids, self.shown)
-        return [dict(zip(self.shown, values)) for values in zip(*(self._values(row_ids, c) for c in self.shown))] \
-            if len(row_ids) else []
+        return [dict(zip(self.shown, values)) for values in zip(*(self._values(row_ids, c) for c in self.shown))]
 
     def _values(self, row_ids: np.ndarray, column: str) -> list:
         known = self.read[column]
@@ -289,7 +291,6 @@ class _Read:
             array = taken[column]
             values.update(zip(missing, np.stack(array.to_numpy(zero_copy_only=False)).astype(np.float64)
                               if column == "vector" else array.to_pylist()))
-
 
     async def _take(self, row_ids: list[int], columns: list[str]) -> pa.Table:
         """`columns` of the rows `row_ids`, in their order, from the Lance dataset; through LanceDB (its own order
