@@ -96,34 +96,38 @@ def test_feedback_docs_must_not_be_negative():
 
 
 class _Calls:
-    """The real table (a query on its async table, or its Lance dataset), counting the retrievals search asks for
-    and recording each take's row ids."""
+    """The real table, or its Lance dataset, counting the queries search asks for ("nearest", "full_text_query",
+    the latter "within" rows where it is restricted to some) and recording each take's row ids."""
 
     def __init__(self, inner, calls: dict[str, int], takes: list[list[int]]) -> None:
         self.inner, self.calls, self.takes = inner, calls, takes
 
     def __getattr__(self, name):
         attribute = getattr(self.inner, name)
-        if name in ("nearest_to", "nearest_to_text", "_take_rows"):
-            self.calls[name] = self.calls.get(name, 0) + 1
+        if name == "to_lance":
+            return lambda *args, **kwargs: _Calls(attribute(*args, **kwargs), self.calls, self.takes)
+        if name == "scanner":
+            return lambda **kwargs: (self._count("nearest" if kwargs.get("nearest") else "full_text_query"),
+                                     kwargs.get("row_addr_allowlist") and self._count("within"), attribute(**kwargs))[-1]
         if name == "_take_rows":
-            return lambda row_ids, **kwargs: (self.takes.append(list(row_ids)), attribute(row_ids, **kwargs))[1]
-        if name in ("_table", "query", "nearest_to", "nearest_to_text", "to_lance"):
-            return _Calls(attribute, self.calls, self.takes) if name == "_table" else (
-                lambda *args, **kwargs: _Calls(attribute(*args, **kwargs), self.calls, self.takes))
+            return lambda row_ids, **kwargs: (self._count(name), self.takes.append(list(row_ids)),
+                                              attribute(row_ids, **kwargs))[-1]
         return attribute
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
 
 
 def test_feedback_asks_the_vector_index_once_and_bm25_twice_and_reads_no_row_twice(pump_chunks):
     """The second pass only orders first-pass matches: Rocchio's vector re-ranks the fused head from stored
-    vectors, and only BM25 runs again. Each retriever reads the search text of its first 5 rows beside the other's
+    vectors, and only BM25 runs again, over the head's rows only. Each retriever reads the search text of its first 5 rows beside the other's
     query (the vector side with their vectors, the only ones it re-ranks exactly: the second pass re-ranks the
     head), so the second pass has the feedback chunks' text at hand and reads the head's other vectors."""
     table, query_vector = pump_chunks
     calls: dict[str, int] = {}
     takes: list[list[int]] = []
     ids, _, _ = hybrid_matches(_Calls(table, calls, takes), query_vector, "pump seals", Fusion(feedback_docs=5))
-    assert calls == {"nearest_to": 1, "nearest_to_text": 2, "_take_rows": 3}
+    assert calls == {"nearest": 1, "full_text_query": 2, "within": 1, "_take_rows": 3}
     *first, head = takes  # the second pass's take comes last
     near = [rows for rows in first if not set(rows) & set(head)]  # the vector side's, whose vectors are read
     assert len(near) == 1 and len(near[0]) == 5 and all(0 < len(rows) <= 5 for rows in first)  # the BM25 side's

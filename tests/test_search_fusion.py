@@ -85,21 +85,19 @@ def test_a_query_holding_an_identifier_gets_a_chunk_with_it_first(identifier_arc
 
 
 class TextReads:
-    """The real chunks table, counting every row of `text` that a query or take on its async table (the one search
-    queries) or a take from its Lance dataset (the one search's takes read) hands back."""
+    """The real chunks table, counting every row of `text` that a query or a take on its Lance dataset (the one
+    search queries and reads) hands back."""
 
     def __init__(self, table) -> None:
         self.table, self.rows = table, 0
 
     def __getattr__(self, name):
         attribute = getattr(self.table, name)
-        if name == "to_lance":
-            return lambda: _CountedTakes(attribute(), self)
-        return _Counted(attribute, self) if name == "_table" else attribute
+        return (lambda: _CountedReads(attribute(), self)) if name == "to_lance" else attribute
 
 
-class _CountedTakes:
-    """A Lance dataset whose takes count their rows of `text`."""
+class _CountedReads:
+    """A Lance dataset whose queries and takes count their rows of `text`."""
 
     def __init__(self, dataset, reads: TextReads) -> None:
         self.dataset, self.reads = dataset, reads
@@ -107,26 +105,20 @@ class _CountedTakes:
     def __getattr__(self, name):
         return getattr(self.dataset, name)
 
+    def scanner(self, **kwargs):
+        scanner = self.dataset.scanner(**kwargs)
+        reads = self.reads
+
+        class Counted:
+            def to_table(self):
+                table = scanner.to_table()
+                reads.rows += table.num_rows if "text" in table.column_names else 0
+                return table
+        return Counted()
+
     def _take_rows(self, row_ids, columns):
         self.reads.rows += len(row_ids) if "text" in columns else 0
         return self.dataset._take_rows(row_ids, columns=columns)
-
-
-class _Counted:
-    """The async table, or a query on it, whose every method gives a counted query; `to_arrow` counts text rows."""
-
-    def __init__(self, builder, reads: TextReads) -> None:
-        self.builder, self.reads = builder, reads
-
-    def __getattr__(self, name):
-        attribute = getattr(self.builder, name)
-        if name == "to_arrow":
-            async def to_arrow():
-                table = await attribute()
-                self.reads.rows += table.num_rows if "text" in table.column_names else 0
-                return table
-            return to_arrow
-        return lambda *args, **kwargs: _Counted(attribute(*args, **kwargs), self.reads)
 
 
 @pytest.mark.slow

@@ -2,9 +2,9 @@
 
 Both retrievers return row ids and scores only; the ranking, the totals and the exact-match tier are computed
 from those, and the text is read for the rows of the page shown and no others (hybrid search's feedback also
-reads the search text of a few first rows of each retriever, `_Read`). Every query goes to LanceDB's async
-table on its event loop, one call per search: in hybrid mode the retrievers run side by side there; the rows
-are read from the Lance dataset behind it (`_dataset`).
+reads the search text of a few first rows of each retriever, `_Read`). Queries and reads go to the Lance dataset
+behind the table, at the table's version (`_dataset`), from one coroutine per search on LanceDB's event loop: in
+hybrid mode the vector query runs on a worker thread beside BM25 (Lance releases the GIL).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def search_chunks(chunks, embedder, query: str, *, mode: str = "hybrid", top_k: 
     if not query:
         return SearchResult(query, [], 0, page, top_k)
     vector = None if mode == "fts" else embedder.encode([query])[0]
-    return _run(_search(_Read(chunks, shown=COLUMNS), vector, query, mode, top_k, page, fusion))
+    return _run(chunks, _search, vector, query, mode, top_k, page, fusion, shown=COLUMNS)
 
 
 async def _search(read: _Read, vector: np.ndarray | None, query: str, mode: str, top_k: int, page: int,
@@ -138,7 +138,7 @@ async def _search(read: _Read, vector: np.ndarray | None, query: str, mode: str,
     if mode == "vector":
         ids, scores, exact = _single(await _vector_matches(read, vector, depth))
     elif mode == "fts":
-        ids, scores, exact = _single(await _fts_matches(read.table, query))
+        ids, scores, exact = _single(await _fts_matches(read, query))
     else:
         ids, scores, exact = await _hybrid_matches(read, vector, query, fusion, depth)
     shown = slice(page * top_k, (page + 1) * top_k)
@@ -147,21 +147,20 @@ async def _search(read: _Read, vector: np.ndarray | None, query: str, mode: str,
     return SearchResult(query, hits, len(ids), page, top_k, total_exact=exact)
 
 
-def _table(chunks):
-    """The async LanceDB table behind the (sync) table `chunks`, at the same version: the one search queries.
-
-    The sync API wraps each query in calls that read the table's schema (twice per vector query); measured at
-    100k chunks, a vector query took 5-7 ms through the async table against 15 ms through the sync one, and the
-    retrievers run side by side on LanceDB's own event loop, with no Python thread of ours.
-    """
-    return chunks._table
-
-
-def _run(coroutine):
-    """Run `coroutine` on LanceDB's background event loop (the one its sync API runs on) and return its result."""
+def _run(chunks, search, *args, shown: list[str] | None = None):
+    """`search(read, *args)` run on LanceDB's background event loop (the one its sync API runs on), `read` a
+    `_Read` of the Lance dataset behind the (sync) table `chunks` at the table's version (`_dataset`): asked on
+    the loop, which saves the sync API's own trip to it (0.2 ms a search)."""
     from lancedb.background_loop import LOOP
 
-    return LOOP.run(coroutine)
+    known = _DATASETS.get(chunks) or _dataset(chunks)
+
+    async def run():
+        version = await chunks._table.version()
+        dataset = _DATASETS[chunks] = known if known.version == version else known.checkout_version(version)
+        return await search(_Read(dataset, shown), *args)
+
+    return LOOP.run(run())
 
 
 def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusion(),
@@ -176,31 +175,32 @@ def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusi
     are most of them (a query matching a handful of chunks) they tell nothing the query does not, and the second
     pass would drift to their centroid.
     """
-    return _run(_hybrid_matches(_Read(chunks), vector, query, fusion, depth))
+    return _run(chunks, _hybrid_matches, vector, query, fusion, depth)
 
 
 async def _hybrid_matches(read: _Read, vector: np.ndarray, query: str, fusion: Fusion,
                           depth: int) -> tuple[np.ndarray, np.ndarray, bool]:
     tokens = identifiers(query) if fusion.exact_first else []
-    table, feedback = read.table, fusion.feedback_docs
+    feedback = fusion.feedback_docs
 
     async def bm25() -> Ranked:
-        ranked = await _fts_matches(table, query)
+        ranked = await _fts_matches(read, query)
         await read.ahead(ranked.ids, feedback)
         return ranked
 
     async def nearest() -> tuple[_Neighbours, int, Ranked]:
         """The vector side: with feedback likely (neighbours enough), only its first rows re-ranked exactly (read
         with their search text): the second pass re-ranks the fused head exactly."""
-        found = await _neighbours(read, vector)
+        found = await _neighbours(read, vector, beside=True)
         if await read.ahead(found.ids, feedback, vectors=True):
             return found, feedback, await found.ranked(read, vector, feedback)
         return found, depth, await found.ranked(read, vector, depth)
 
-    rows, (found, exactly, near), lists, *tiers = await asyncio.gather(
-        table.count_rows() if tokens else asyncio.sleep(0, 0), nearest(), bm25(),
-        *(_phrase_matches(table, token) for token in tokens))
-    tiers = [tier for tier in tiers if len(tier) <= max(EXACT_RARE_ROWS, EXACT_RARE_SHARE * rows)]
+    # the vector and phrase queries go to worker threads first, then BM25 runs on the loop's thread beside them
+    (found, exactly, near), *tiers, lists = await asyncio.gather(
+        nearest(), *(_phrase_matches(read, token, beside=True) for token in tokens), bm25())
+    rare = max(EXACT_RARE_ROWS, EXACT_RARE_SHARE * read.dataset.count_rows()) if tokens else 0
+    tiers = [tier for tier in tiers if len(tier) <= rare]
     ids, scores = fuse(near, lists, tiers, fusion)
     exact = not (near.capped or lists.capped)
     if feedback and len(ids) >= FEEDBACK_SHARE * feedback:
@@ -216,16 +216,17 @@ async def _second_pass(read: _Read, vector: np.ndarray, query: str, ids: np.ndar
 
     Vector side: Rocchio's vector ranks the first `depth` fused chunks by exact similarity (their vectors are read,
     those the first pass read are not read again; the index is not asked again, as only first-pass matches are
-    ordered). BM25 side: the query with the feedback chunks' words, one more query over the index, for as many
-    matches; the feedback chunks' search text is mostly read already (`_Read.ahead`). The vectors are read while
-    that query runs.
+    ordered). BM25 side: the query with the feedback chunks' words, one more query over the index restricted to
+    the same head rows; the feedback chunks' search text is mostly read already (`_Read.ahead`). The vectors are
+    read while that query runs. Restricting BM25 to the head (as the vector side is) halved that query's CPU at
+    100k chunks (2.9 against 1.2 ms) and ranked the same on `python -m pipeline.bench retrieval`.
     """
     best, head = ids[:fusion.feedback_docs], ids[:max(depth, fusion.feedback_docs)]
     weights = scores[:len(best)]
 
     async def expanded() -> Ranked:
         terms = expansion_terms(await read.texts(best), weights)
-        return await _fts_matches(read.table, query, terms, len(head))
+        return await _fts_matches(read, query, terms, len(head), within=head, beside=True)
 
     lists, vectors = await asyncio.gather(expanded(), read.vectors(head))
     sims = _cosine(vectors, feedback_vector(vector, vectors[:len(best)], weights))
@@ -244,9 +245,19 @@ class _Read:
     columns `shown` for a page (`rows`).
     """
 
-    def __init__(self, chunks, shown: list[str] | None = None) -> None:
-        self.table, self.dataset, self.shown = _table(chunks), _dataset(chunks), shown or []
+    def __init__(self, dataset, shown: list[str] | None = None) -> None:
+        self.dataset, self.shown = dataset, shown or []
         self.read: dict[str, dict[int, Any]] = {}
+
+    async def query(self, columns: list[str], *, beside: bool = False, **scan) -> pa.Table:
+        """One query of the dataset (`scan`: Lance's `scanner` options), `columns` and the row ids. `beside`: on a
+        worker thread, for a query that runs beside other work of the search (Lance releases the GIL); else on
+        the loop's own thread, a thread hop (0.1-0.2 ms) fewer."""
+        def scanned() -> pa.Table:
+            return self.dataset.scanner(columns=columns, with_row_id=True, disable_scoring_autoprojection=True,
+                                        **scan).to_table()
+
+        return await asyncio.to_thread(scanned) if beside else scanned()
 
     async def ahead(self, ranked_ids: np.ndarray, feedback: int, *, vectors: bool = False) -> bool:
         """Read the search text (and with `vectors`, the vectors) of the first `feedback` of `ranked_ids` when they
@@ -285,32 +296,22 @@ class _Read:
         missing = [i for i in wanted if any(i not in self.read[c] for c in columns)]
         if not missing:
             return
-        taken = await self._take(missing, columns)
+        taken = self.dataset._take_rows(missing, columns=columns)
         for column in columns:
             values = self.read[column]
             array = taken[column]
             values.update(zip(missing, np.stack(array.to_numpy(zero_copy_only=False)).astype(np.float64)
                               if column == "vector" else array.to_pylist()))
 
-    async def _take(self, row_ids: list[int], columns: list[str]) -> pa.Table:
-        """`columns` of the rows `row_ids`, in their order, from the Lance dataset; through LanceDB (its own order
-        put back) where the dataset has no such row: the table moved to a newer version during the search (an
-        unpinned reader follows other writers)."""
-        try:
-            return self.dataset._take_rows(row_ids, columns=columns)
-        except OSError:
-            rows = await self.table.take_row_ids(row_ids).select(columns).with_row_id().to_arrow()
-            at = {row_id: n for n, row_id in enumerate(rows["_rowid"].to_pylist())}
-            return rows.select(columns).take([at[i] for i in row_ids])
-
 
 _DATASETS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
 def _dataset(chunks):
-    """The Lance dataset behind the (sync) table `chunks` at its version, opened once per version: what search's
-    takes read. Measured at 100k chunks, a take of 5 rows' text cost 0.45 ms of CPU through it against 1.6 ms
-    through LanceDB's `take_row_ids` (a query plan per take), and a search makes three or four takes."""
+    """The Lance dataset behind the (sync) table `chunks` at its version, opened once (`_run` follows the table to
+    newer versions): what search queries and reads. Measured at 100k chunks against LanceDB's async table, a take of 5 rows' text cost 0.45 ms
+    of CPU against 1.6 ms (`take_row_ids`: a query plan per take), a vector query 3.1 against 3.5 ms and a BM25
+    query 3.0 against 3.8 ms."""
     version = chunks.version
     dataset = _DATASETS.get(chunks)
     if dataset is None or dataset.version != version:
@@ -364,7 +365,7 @@ def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD, limit: i
     report another scale than a flat scan, and it differs while new rows are not yet indexed). The similarity
     floor is applied to those: a floor on an index's raw distances drops nearly every match.
     """
-    return _run(_vector_matches(_Read(chunks), vector, depth, limit))
+    return _run(chunks, _vector_matches, vector, depth, limit)
 
 
 async def _vector_matches(read: _Read, vector: np.ndarray, depth: int = EXACT_HEAD,
@@ -372,10 +373,11 @@ async def _vector_matches(read: _Read, vector: np.ndarray, depth: int = EXACT_HE
     return await (await _neighbours(read, vector, limit)).ranked(read, vector, depth)
 
 
-async def _neighbours(read: _Read, vector: np.ndarray, limit: int | None = None) -> _Neighbours:
+async def _neighbours(read: _Read, vector: np.ndarray, limit: int | None = None, *,
+                      beside: bool = False) -> _Neighbours:
     limit = limit or COUNT_LIMIT
-    result = await (read.table.query().nearest_to(vector).column("vector").distance_type("cosine").nprobes(NPROBES)
-                    .select(["_distance"]).limit(limit).with_row_id().to_arrow())
+    result = await read.query(["_distance"], beside=beside, nearest={"column": "vector", "q": vector, "k": limit, "nprobes": NPROBES,
+                                                     "metric": "cosine"})
     return _Neighbours(result["_rowid"].to_numpy(), result["_distance"].to_numpy().astype(np.float64),
                        result.num_rows >= limit)
 
@@ -415,28 +417,32 @@ def _cosine(vectors: np.ndarray, vector: np.ndarray) -> np.ndarray:
 def fts_matches(chunks, query: str, expansion: list[str] | None = None, limit: int | None = None) -> Ranked:
     """Chunks holding any of the query's words, by BM25 (at most `limit`, default COUNT_LIMIT); with `expansion`,
     or any of those words, each counting as one more query word."""
-    return _run(_fts_matches(_table(chunks), query, expansion, limit))
+    return _run(chunks, _fts_matches, query, expansion, limit)
 
 
-async def _fts_matches(table, query: str, expansion: list[str] | None = None, limit: int | None = None) -> Ranked:
-    from lancedb.query import MatchQuery
+async def _fts_matches(read: _Read, query: str, expansion: list[str] | None = None, limit: int | None = None,
+                       within: np.ndarray | None = None, *, beside: bool = False) -> Ranked:
+    """`fts_matches`, among the rows `within` only where given (the statistics BM25 scores by stay the table's)."""
+    from lance.dataset import serialize_row_addrs
+    from lance.query import MatchQuery
 
     limit = limit or COUNT_LIMIT
     match = MatchQuery(" ".join([query, *(expansion or [])]), SEARCH_COLUMN)
-    result = await table.query().nearest_to_text(match).select(["_score"]).limit(limit).with_row_id().to_arrow()
+    allow = {} if within is None else {"row_addr_allowlist": serialize_row_addrs(within.tolist())}
+    result = await read.query(["_score"], full_text_query=match, limit=limit, beside=beside, **allow)
     return Ranked.of(result, "_score", limit)
 
 
 def phrase_matches(chunks, token: str) -> np.ndarray:
     """Row ids of the chunks whose indexed text holds `token` as a phrase (its word pieces in order)."""
-    return _run(_phrase_matches(_table(chunks), token))
+    return _run(chunks, _phrase_matches, token)
 
 
-async def _phrase_matches(table, token: str) -> np.ndarray:
-    from lancedb.query import PhraseQuery
+async def _phrase_matches(read: _Read, token: str, *, beside: bool = False) -> np.ndarray:
+    from lance.query import PhraseQuery
 
-    result = await (table.query().nearest_to_text(PhraseQuery(token, SEARCH_COLUMN)).select(["_score"])
-                    .limit(COUNT_LIMIT).with_row_id().to_arrow())
+    result = await read.query(["_score"], full_text_query=PhraseQuery(token, SEARCH_COLUMN), limit=COUNT_LIMIT,
+                              beside=beside)
     return result["_rowid"].to_numpy()
 
 
