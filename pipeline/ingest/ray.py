@@ -1,7 +1,8 @@
 """The Ray engine: the same ingest as `pipeline.ingest.local`, spread over a Ray cluster with Ray Data.
 
 files to do (planned here, as the local engine plans) -> parsed, chunked and embedded in an actor pool (one
-model per actor, one CPU each) -> Lance fragments written by tasks (lance-ray) -> committed once, here,
+model per actor, one CPU each; a changed file's chunks whose search text is stored already keep their stored
+vector, as with the local engine) -> Lance fragments written by tasks (lance-ray) -> committed once, here,
 then the `documents` rows (the commit point) -> indexes. Nothing reaches the store before every file is done,
 so a killed driver leaves what the last finished run left, and a rerun redoes exactly the unfinished files.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.archive.schema import SEARCH_COLUMN, chunk_schema
-from pipeline.archive.store import Archive
+from pipeline.archive.store import Archive, sql_str
 from pipeline.cluster import ray_session
 from pipeline.config import Settings
 from pipeline.gguf import model_cache_dir
@@ -38,6 +39,7 @@ WRITE_ROWS = 4096  # chunks per Lance fragment write
 # columns the parse step adds to every chunk row, for the driver's per-file account; dropped before writing
 _FILE_COLUMNS = [pa.field("file_chunks", pa.int32()), pa.field("file_pages", pa.int32()),
                  pa.field("file_ocr", pa.string()), pa.field("error", pa.string()), pa.field("retry", pa.bool_())]
+REUSED = "reused"  # the column that marks a chunk row whose vector is the one stored before (not embedded again)
 
 
 def ingest_directory_ray(root: Path, settings: Settings, *, progress: bool = True, rebuild: bool = False,
@@ -79,7 +81,8 @@ def _process(todo: list[Todo], archive: Archive, settings: Settings) -> "_Accoun
     dataset = archive.chunks.to_lance()
     schema = chunk_schema(archive.meta.dim)
     files = [{"rel": item.rel, "path": os.path.abspath(item.path), "size": item.stat.st_size,
-              "mtime_ns": item.stat.st_mtime_ns} for item in todo]  # paths the same on every node
+              "mtime_ns": item.stat.st_mtime_ns, "changed": not item.is_new}
+             for item in todo]  # paths the same on every node
     actors = embed_actors(settings)
     # Write tasks ask Ray for no CPU: the actors hold one each, and a task waiting for a CPU that they
     # hold would wait forever. At most one such task per actor runs at a time.
@@ -93,7 +96,9 @@ def _process(todo: list[Todo], archive: Archive, settings: Settings) -> "_Accoun
                                             "model_cache": str(model_cache_dir()),
                                             "batch_size": settings.embed_batch_size,
                                             "chunk_tokens": settings.chunk_tokens, "overlap": settings.chunk_overlap,
-                                            "ocr": settings.ocr})
+                                            "ocr": settings.ocr,
+                                            "stored": {"uri": dataset.uri, "version": dataset.version,
+                                                       "storage_options": archive.storage_options}})
         .map_batches(_write_fragments, batch_size=WRITE_ROWS, batch_format="pyarrow", **light,
                      fn_kwargs={"uri": dataset.uri, "schema": schema,
                                 "storage_options": archive.storage_options,
@@ -113,6 +118,7 @@ class _File:
     ocr: OcrTally | None = None
     error: str | None = None
     retry: bool = False  # the failure is temporary (vanished, changed while read): tried again next run
+    reused: int = 0  # chunk rows written with their stored vector
 
 
 class _Account:
@@ -130,9 +136,10 @@ class _Account:
 
     def add(self, row: dict[str, Any]) -> None:
         self.fragments.extend(pickle.loads(row["fragments"]))
-        for rel, (rows, chunks, pages, ocr, error, retry) in json.loads(row["files"]).items():
+        for rel, (rows, reused, chunks, pages, ocr, error, retry) in json.loads(row["files"]).items():
             seen = self.files.setdefault(rel, _File())
             seen.rows += rows
+            seen.reused += reused
             seen.chunks, seen.pages, seen.error, seen.retry = chunks, pages, error, retry
             seen.ocr = OcrTally(**json.loads(ocr)) if ocr else None
         for at, chunks in json.loads(row["batches"]):  # a batch may straddle two writes
@@ -151,7 +158,7 @@ class _Account:
                                    f"{0 if seen is None else seen.chunks} made); nothing was committed")
             if seen.error is None:
                 report.done(item, seen.pages, seen.chunks, seen.ocr)
-                report.embedded += seen.chunks
+                report.embedded += seen.chunks - seen.reused
                 documents.append(document_row(item, seen.pages, seen.chunks, seen.ocr))
             else:
                 report.failures.append((item.rel, seen.error))
@@ -210,29 +217,51 @@ class _EmbedActor:
     busy 99.6%, the other node's 78-84%)."""
 
     def __init__(self, embedder: str, backend: str, quantization: str, model_cache: str, batch_size: int,
-                 chunk_tokens: int, overlap: int, ocr: str) -> None:
+                 chunk_tokens: int, overlap: int, ocr: str, stored: dict[str, Any]) -> None:
         os.environ["ANALYZE_MODEL_CACHE"] = model_cache  # the driver's, like the corpus paths the same on every node
         self.embedder = Embedder(embedder, backend=backend, quantization=quantization, batch_size=batch_size,
                                  threads=1)
         self.embedder.load()  # now, before the first batch arrives
         self.parsing = {"tokenizer": self.embedder.tokenizer, "chunk_tokens": chunk_tokens, "overlap": overlap,
                         "reader": None if ocr == "off" else PageReader(ocr, workers=1)}  # the model's own tokenizer
+        self.stored = stored  # the chunks table as the driver planned against it (uri, version, storage_options)
 
     def __call__(self, files: pa.Table) -> pa.Table:
         batch = _parse_files(files, **self.parsing)
         ok = np.asarray(batch["error"].is_null())
-        texts = [text for text, keep in zip(batch[SEARCH_COLUMN].to_pylist(), ok) if keep]
+        changed = [rel for rel, flag in zip(files["rel"].to_pylist(), files["changed"].to_pylist()) if flag]
+        known = self._stored_vectors(changed)
         vectors = np.zeros((batch.num_rows, self.embedder.dim), dtype=np.float32)
-        vectors[ok] = self.embedder.encode(texts)
+        reused = np.zeros(batch.num_rows, dtype=bool)
+        for n, digest in enumerate(batch["content_hash"].to_pylist()):
+            if ok[n] and digest in known:
+                vectors[n], reused[n] = known[digest], True
+        fresh = ok & ~reused
+        texts = [text for text, keep in zip(batch[SEARCH_COLUMN].to_pylist(), fresh) if keep]
+        vectors[fresh] = self.embedder.encode(texts)
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.embedder.dim)
         done = pa.array(np.full(batch.num_rows, time.time()), pa.float64())  # this batch's stamp, on every row
-        return batch.append_column("vector", column).append_column("embedded_at", done)
+        return (batch.append_column("vector", column).append_column(REUSED, pa.array(reused))
+                .append_column("embedded_at", done))
+
+    def _stored_vectors(self, sources: list[str]) -> dict[str, np.ndarray]:
+        """content_hash -> stored vector of the chunks of `sources` (changed files) in the version the driver
+        planned against: their old rows are deleted only when the driver commits."""
+        if not sources:
+            return {}
+        import lance
+
+        dataset = lance.dataset(self.stored["uri"], version=self.stored["version"],
+                                storage_options=self.stored["storage_options"])
+        rows = dataset.to_table(columns=["content_hash", "vector"],
+                                filter=f"source IN ({', '.join(map(sql_str, sources))})")
+        return dict(zip(rows["content_hash"].to_pylist(), rows["vector"].to_numpy(zero_copy_only=False)))
 
 
 def _write_fragments(batch: pa.Table, *, uri: str, schema: pa.Schema, storage_options: dict[str, str] | None,
                      data_storage_version: str) -> pa.Table:
-    """Write the chunk rows of `batch` as uncommitted Lance fragments; return them, the per-file account and the
-    rows per embedding batch."""
+    """Write the chunk rows of `batch` as uncommitted Lance fragments; return them, the per-file account (rows
+    written, of which with a stored vector) and the rows per embedding batch."""
     from lance_ray.fragment import write_fragment
 
     ok = batch.filter(batch["error"].is_null())
@@ -240,11 +269,11 @@ def _write_fragments(batch: pa.Table, *, uri: str, schema: pa.Schema, storage_op
                              storage_options=storage_options,
                              data_storage_version=data_storage_version) if ok.num_rows else []
     files: dict[str, list[Any]] = {}
-    for rel, chunks, pages, ocr, error, retry in zip(*(batch[name].to_pylist() for name in
-                                                       ("source", "file_chunks", "file_pages", "file_ocr", "error",
-                                                        "retry"))):
-        entry = files.setdefault(rel, [0, chunks, pages, ocr, error, retry])
+    for rel, reused, chunks, pages, ocr, error, retry in zip(*(batch[name].to_pylist() for name in (
+            "source", REUSED, "file_chunks", "file_pages", "file_ocr", "error", "retry"))):
+        entry = files.setdefault(rel, [0, 0, chunks, pages, ocr, error, retry])
         entry[0] += error is None
+        entry[1] += bool(reused) and error is None
     batches = ok.group_by("embedded_at").aggregate([("embedded_at", "count")]).to_pylist()
     return pa.table({"fragments": [pickle.dumps([fragment for fragment, _ in written])],
                      "files": [json.dumps(files)],
