@@ -25,6 +25,16 @@ def sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def sql_in(column: str, values) -> str:
+    """The filter for rows whose `column` is one of `values` (strings)."""
+    return f"{column} IN ({', '.join(map(sql_str, values))})"
+
+
+def vectors_by_hash(rows: pa.Table) -> dict[str, Any]:
+    """content_hash -> vector of stored chunk `rows` (those columns): what a re-ingest of their files reuses."""
+    return dict(zip(rows["content_hash"].to_pylist(), rows["vector"].to_numpy(zero_copy_only=False)))
+
+
 class Archive:
     """A LanceDB store of document chunks. Open read-only with `Archive.open`, for writing with `Archive.create`."""
 
@@ -122,9 +132,8 @@ class Archive:
         """content_hash -> vector of the chunks already stored for `sources` (reused when re-ingesting)."""
         if not sources:
             return {}
-        rows = (self.chunks.search().where(f"source IN ({', '.join(map(sql_str, sources))})")
-                .select(["content_hash", "vector"]).limit(None).to_arrow())
-        return dict(zip(rows["content_hash"].to_pylist(), rows["vector"].to_numpy(zero_copy_only=False)))
+        return vectors_by_hash(self.chunks.search().where(sql_in("source", sources))
+                               .select(["content_hash", "vector"]).limit(None).to_arrow())
 
     def write(self, chunk_rows: pa.Table | None, *, replace_sources: list[str], documents: list[dict[str, Any]]) -> None:
         """Replace the chunks of `replace_sources`, add `chunk_rows`, then upsert `documents` (the commit point).
@@ -134,7 +143,7 @@ class Archive:
         """
         fault_point("store.write")
         if replace_sources:
-            self.chunks.delete(f"source IN ({', '.join(map(sql_str, replace_sources))})")
+            self.chunks.delete(sql_in("source", replace_sources))
             fault_point("store.write.deleted")
         if chunk_rows is not None and chunk_rows.num_rows:
             if chunk_rows.column(SEARCH_COLUMN).null_count:
@@ -178,11 +187,10 @@ class Archive:
             if old is None or (row["ingested_at"] or "") >= (old["ingested_at"] or ""):
                 latest[row["path"]] = row
         affected = sorted(sources | repeated)
-        self.documents.delete(f"path IN ({', '.join(map(sql_str, affected))})")
+        self.documents.delete(sql_in("path", affected))
         rows = None
         if sources:
-            stored = (self.chunks.search().where(f"source IN ({', '.join(map(sql_str, sorted(sources)))})")
-                      .limit(None).to_arrow())
+            stored = self.chunks.search().where(sql_in("source", sorted(sources))).limit(None).to_arrow()
             first: dict[str, int] = {}
             for index, chunk_id in enumerate(stored["chunk_id"].to_pylist()):
                 first.setdefault(chunk_id, index)
@@ -192,9 +200,8 @@ class Archive:
 
     def delete_documents(self, paths: list[str]) -> None:
         if paths:
-            listed = ", ".join(map(sql_str, paths))
-            self.chunks.delete(f"source IN ({listed})")
-            self.documents.delete(f"path IN ({listed})")
+            self.chunks.delete(sql_in("source", paths))
+            self.documents.delete(sql_in("path", paths))
 
     def refresh_indexes(self) -> dict[str, float]:
         """Build the full-text index (and the vector index once the table is large); fold new rows into them.

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.archive.schema import SEARCH_COLUMN, chunk_schema
-from pipeline.archive.store import Archive, sql_str
+from pipeline.archive.store import Archive, sql_in, vectors_by_hash
 from pipeline.cluster import ray_session
 from pipeline.config import Settings
 from pipeline.gguf import model_cache_dir
@@ -118,7 +118,7 @@ class _File:
     ocr: OcrTally | None = None
     error: str | None = None
     retry: bool = False  # the failure is temporary (vanished, changed while read): tried again next run
-    reused: int = 0  # chunk rows written with their stored vector
+    reused: int = 0  # of those rows, the ones written with their stored vector
 
 
 class _Account:
@@ -136,12 +136,13 @@ class _Account:
 
     def add(self, row: dict[str, Any]) -> None:
         self.fragments.extend(pickle.loads(row["fragments"]))
-        for rel, (rows, reused, chunks, pages, ocr, error, retry) in json.loads(row["files"]).items():
+        for rel, written in json.loads(row["files"]).items():  # _write_fragments' account: _File's fields
             seen = self.files.setdefault(rel, _File())
-            seen.rows += rows
-            seen.reused += reused
-            seen.chunks, seen.pages, seen.error, seen.retry = chunks, pages, error, retry
-            seen.ocr = OcrTally(**json.loads(ocr)) if ocr else None
+            seen.rows += written["rows"]
+            seen.reused += written["reused"]
+            seen.chunks, seen.pages = written["chunks"], written["pages"]
+            seen.error, seen.retry = written["error"], written["retry"]
+            seen.ocr = OcrTally(**json.loads(written["ocr"])) if written["ocr"] else None
         for at, chunks in json.loads(row["batches"]):  # a batch may straddle two writes
             self.batches[at] = self.batches.get(at, 0) + chunks
 
@@ -225,6 +226,7 @@ class _EmbedActor:
         self.parsing = {"tokenizer": self.embedder.tokenizer, "chunk_tokens": chunk_tokens, "overlap": overlap,
                         "reader": None if ocr == "off" else PageReader(ocr, workers=1)}  # the model's own tokenizer
         self.stored = stored  # the chunks table as the driver planned against it (uri, version, storage_options)
+        self._planned = None  # that version, opened on the first changed file
 
     def __call__(self, files: pa.Table) -> pa.Table:
         batch = _parse_files(files, **self.parsing)
@@ -249,13 +251,13 @@ class _EmbedActor:
         planned against: their old rows are deleted only when the driver commits."""
         if not sources:
             return {}
-        import lance
+        if self._planned is None:
+            import lance
 
-        dataset = lance.dataset(self.stored["uri"], version=self.stored["version"],
-                                storage_options=self.stored["storage_options"])
-        rows = dataset.to_table(columns=["content_hash", "vector"],
-                                filter=f"source IN ({', '.join(map(sql_str, sources))})")
-        return dict(zip(rows["content_hash"].to_pylist(), rows["vector"].to_numpy(zero_copy_only=False)))
+            self._planned = lance.dataset(self.stored["uri"], version=self.stored["version"],
+                                          storage_options=self.stored["storage_options"])
+        return vectors_by_hash(self._planned.to_table(columns=["content_hash", "vector"],
+                                                      filter=sql_in("source", sources)))
 
 
 def _write_fragments(batch: pa.Table, *, uri: str, schema: pa.Schema, storage_options: dict[str, str] | None,
@@ -268,12 +270,13 @@ def _write_fragments(batch: pa.Table, *, uri: str, schema: pa.Schema, storage_op
     written = write_fragment([ok.select(schema.names).cast(schema)], uri, schema=schema,
                              storage_options=storage_options,
                              data_storage_version=data_storage_version) if ok.num_rows else []
-    files: dict[str, list[Any]] = {}
+    files: dict[str, dict[str, Any]] = {}
     for rel, reused, chunks, pages, ocr, error, retry in zip(*(batch[name].to_pylist() for name in (
             "source", REUSED, "file_chunks", "file_pages", "file_ocr", "error", "retry"))):
-        entry = files.setdefault(rel, [0, 0, chunks, pages, ocr, error, retry])
-        entry[0] += error is None
-        entry[1] += bool(reused) and error is None
+        entry = files.setdefault(rel, {"rows": 0, "reused": 0, "chunks": chunks, "pages": pages, "ocr": ocr,
+                                       "error": error, "retry": retry})
+        entry["rows"] += error is None
+        entry["reused"] += bool(reused)  # only a row that parsed has a stored vector
     batches = ok.group_by("embedded_at").aggregate([("embedded_at", "count")]).to_pylist()
     return pa.table({"fragments": [pickle.dumps([fragment for fragment, _ in written])],
                      "files": [json.dumps(files)],
