@@ -107,8 +107,12 @@ class _Calls:
         if name == "to_lance":
             return lambda *args, **kwargs: _Calls(attribute(*args, **kwargs), self.calls, self.takes)
         if name == "scanner":
-            return lambda **kwargs: (self._count("nearest" if kwargs.get("nearest") else "full_text_query"),
-                                     kwargs.get("row_addr_allowlist") and self._count("within"), attribute(**kwargs))[-1]
+            def scanner(**kwargs):
+                self._count("nearest" if kwargs.get("nearest") else "full_text_query")
+                if kwargs.get("row_addr_allowlist"):
+                    self._count("within")
+                return attribute(**kwargs)
+            return scanner
         if name == "_take_rows":
             return lambda row_ids, **kwargs: (self._count(name), self.takes.append(list(row_ids)),
                                               attribute(row_ids, **kwargs))[-1]
@@ -120,9 +124,10 @@ class _Calls:
 
 def test_feedback_asks_the_vector_index_once_and_bm25_twice_and_reads_no_row_twice(pump_chunks):
     """The second pass only orders first-pass matches: Rocchio's vector re-ranks the fused head from stored
-    vectors, and only BM25 runs again, over the head's rows only. Each retriever reads the search text of its first 5 rows beside the other's
-    query (the vector side with their vectors, the only ones it re-ranks exactly: the second pass re-ranks the
-    head), so the second pass has the feedback chunks' text at hand and reads the head's other vectors."""
+    vectors, and only BM25 runs again, over the head's rows only. Each retriever reads the search text of its first
+    5 rows beside the other's query (the vector side with their vectors, the only ones it re-ranks exactly: the
+    second pass re-ranks the head), so the second pass has the feedback chunks' text at hand and reads the head's
+    other vectors."""
     table, query_vector = pump_chunks
     calls: dict[str, int] = {}
     takes: list[list[int]] = []

@@ -1181,7 +1181,8 @@ def check(answer: str, evidence: Sequence[Hit], *, question: str = "", cited: Se
         wanted = _wanted(asked, dimensions)
         mismatched += _no_value(given, asked, wanted, folded) or \
             _quantity_mismatches(found, dimensions, chunks, folded) or _date_mismatches(found, asked.folded) or \
-            _subject_mismatches(found, chunks, question, asked, wanted) or _anchor_mismatches(chunks, question, asked) or \
+            _subject_mismatches(found, chunks, question, asked, wanted) or \
+            _anchor_mismatches(chunks, question, asked) or \
             _setting_mismatches(found, chunks, question, asked, folded) or \
             _topic_mismatches(found, chunks, question, asked, wanted) or _count_mismatches(found, chunks, asked, text)
     return Grounding(tuple(checked), tuple(exempt), tuple(mismatched))

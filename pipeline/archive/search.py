@@ -153,7 +153,7 @@ def _run(chunks, search, *args, shown: list[str] | None = None):
     the loop, which saves the sync API's own trip to it (0.2 ms a search)."""
     from lancedb.background_loop import LOOP
 
-    known = _DATASETS.get(chunks) or _dataset(chunks)
+    known = _dataset(chunks)
 
     async def run():
         version = await chunks._table.version()
@@ -308,13 +308,12 @@ _DATASETS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
 def _dataset(chunks):
-    """The Lance dataset behind the (sync) table `chunks` at its version, opened once (`_run` follows the table to
-    newer versions): what search queries and reads. Measured at 100k chunks against LanceDB's async table, a take of 5 rows' text cost 0.45 ms
-    of CPU against 1.6 ms (`take_row_ids`: a query plan per take), a vector query 3.1 against 3.5 ms and a BM25
-    query 3.0 against 3.8 ms."""
-    version = chunks.version
+    """The Lance dataset behind the (sync) table `chunks`, opened on its first search (`_run` follows the table to
+    newer versions): what search queries and reads. Measured at 100k chunks against LanceDB's async table, a take
+    of 5 rows' text cost 0.45 ms of CPU against 1.6 ms (`take_row_ids`: a query plan per take), a vector query 3.1
+    against 3.5 ms and a BM25 query 3.0 against 3.8 ms."""
     dataset = _DATASETS.get(chunks)
-    if dataset is None or dataset.version != version:
+    if dataset is None:
         dataset = _DATASETS[chunks] = chunks.to_lance()
     return dataset
 
@@ -376,8 +375,8 @@ async def _vector_matches(read: _Read, vector: np.ndarray, depth: int = EXACT_HE
 async def _neighbours(read: _Read, vector: np.ndarray, limit: int | None = None, *,
                       beside: bool = False) -> _Neighbours:
     limit = limit or COUNT_LIMIT
-    result = await read.query(["_distance"], beside=beside, nearest={"column": "vector", "q": vector, "k": limit, "nprobes": NPROBES,
-                                                     "metric": "cosine"})
+    nearest = {"column": "vector", "q": vector, "k": limit, "nprobes": NPROBES, "metric": "cosine"}
+    result = await read.query(["_distance"], beside=beside, nearest=nearest)
     return _Neighbours(result["_rowid"].to_numpy(), result["_distance"].to_numpy().astype(np.float64),
                        result.num_rows >= limit)
 
