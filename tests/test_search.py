@@ -69,6 +69,7 @@ def test_version_pinning_reads_an_old_snapshot_while_a_writer_adds(tiny_archive,
     pinned = Archive.open(store, version=before, embedder=tiny_archive.embedder)
     latest = Archive.open(store, embedder=tiny_archive.embedder)
     latest.pin()  # pinned at the current version too, by default
+    assert writer.search("zebra", mode="fts").total == 0  # its dataset is now open at this version
 
     extra = writer.chunks.to_arrow().slice(0, 1).to_pylist()[0]
     zebra = "A zebra crossing was painted near the pump house."
@@ -76,6 +77,7 @@ def test_version_pinning_reads_an_old_snapshot_while_a_writer_adds(tiny_archive,
     writer.chunks.add(pa.Table.from_pylist([extra], schema=writer.chunks.schema))
     writer.refresh_indexes()
     assert writer.version > before
+    assert writer.search("zebra", mode="fts").hits[0].chunk_id == "zebra-0"  # the search follows its own write
 
     for reader in (pinned, latest):
         assert reader.version == before and reader.count() == rows

@@ -3,15 +3,19 @@
 Both retrievers return row ids and scores only; the ranking, the totals and the exact-match tier are computed
 from those, and the text is read for the rows of the page shown and no others (hybrid search's feedback also
 reads the search text of a few first rows of each retriever, `_Read`). Queries and reads go to the Lance dataset
-behind the table, at the table's version (`_dataset`), from one coroutine per search on LanceDB's event loop: in
-hybrid mode the vector query runs on a worker thread beside BM25 (Lance releases the GIL).
+behind the table, at the table's version (`_dataset`), on the calling thread; in hybrid mode the vector and phrase
+queries, and feedback's second BM25 query, run on worker threads beside the rest (`_beside`; Lance releases the
+GIL). Run as a coroutine on LanceDB's event loop instead, as before session 21, a search took 0.6 ms longer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import threading
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,35 +141,37 @@ def search_chunks(chunks, embedder, query: str, *, mode: str = "hybrid", top_k: 
     return _run(chunks, _search, vector, query, mode, top_k, page, fusion, shown=COLUMNS)
 
 
-async def _search(read: _Read, vector: np.ndarray | None, query: str, mode: str, top_k: int, page: int,
-                  fusion: Fusion) -> SearchResult:
+def _search(read: _Read, vector: np.ndarray | None, query: str, mode: str, top_k: int, page: int,
+            fusion: Fusion) -> SearchResult:
     depth = max(EXACT_HEAD, 2 * (page + 1) * top_k)
     if mode == "vector":
-        ids, scores, exact = _single(await _vector_matches(read, vector, depth))
+        ids, scores, exact = _single(_vector_matches(read, vector, depth))
     elif mode == "fts":
-        ids, scores, exact = _single(await _fts_matches(read, query))
+        ids, scores, exact = _single(_fts_matches(read, query))
     else:
-        ids, scores, exact = await _hybrid_matches(read, vector, query, fusion, depth)
+        ids, scores, exact = _hybrid_matches(read, vector, query, fusion, depth)
     shown = slice(page * top_k, (page + 1) * top_k)
-    rows = await read.rows(ids[shown])
+    rows = read.rows(ids[shown])
     hits = [_hit(row, float(score)) for row, score in zip(rows, scores[shown])]
     return SearchResult(query, hits, len(ids), page, top_k, total_exact=exact)
 
 
 def _run(chunks, search, *args, shown: list[str] | None = None):
-    """`search(read, *args)` run on LanceDB's background event loop (the one its sync API runs on), `read` a
-    `_Read` of the Lance dataset behind the (sync) table `chunks` at the table's version (`_dataset`): asked on
-    the loop, which saves the sync API's own trip to it (0.2 ms a search)."""
+    """`search(read, *args)`, `read` a `_Read` of the Lance dataset behind the (sync) table `chunks` at the table's
+    version (`_dataset`).
+
+    The search runs at the version last seen while the table's version is asked beside it, on LanceDB's event
+    loop (0.3 ms a search, session 21); on a newer one (a write since), it runs again there, so no result is of a
+    stale version."""
     from lancedb.background_loop import LOOP
 
     known = _dataset(chunks)
-
-    async def run():
-        version = await chunks._table.version()
-        dataset = _DATASETS[chunks] = known if known.version == version else known.checkout_version(version)
-        return await search(_Read(dataset, shown), *args)
-
-    return LOOP.run(run())
+    version = asyncio.run_coroutine_threadsafe(chunks._table.version(), LOOP.loop)
+    result = search(_Read(known, shown), *args)
+    if version.result() == known.version:
+        return result
+    dataset = _DATASETS[chunks] = known.checkout_version(version.result())
+    return search(_Read(dataset, shown), *args)
 
 
 def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusion(),
@@ -183,40 +189,32 @@ def hybrid_matches(chunks, vector: np.ndarray, query: str, fusion: Fusion = Fusi
     return _run(chunks, _hybrid_matches, vector, query, fusion, depth)
 
 
-async def _hybrid_matches(read: _Read, vector: np.ndarray, query: str, fusion: Fusion,
-                          depth: int) -> tuple[np.ndarray, np.ndarray, bool]:
+def _hybrid_matches(read: _Read, vector: np.ndarray, query: str, fusion: Fusion,
+                    depth: int) -> tuple[np.ndarray, np.ndarray, bool]:
     tokens = identifiers(query) if fusion.exact_first else []
     feedback = fusion.feedback_docs
 
-    async def bm25() -> Ranked:
-        ranked = await _fts_matches(read, query)
-        await read.ahead(ranked.ids, feedback)
-        return ranked
-
-    async def nearest() -> tuple[_Neighbours, int, Ranked]:
-        """The vector side: with feedback likely (neighbours enough), only its first rows re-ranked exactly (read
-        with their search text): the second pass re-ranks the fused head exactly."""
-        found = await _neighbours(read, vector, beside=True)
-        if await read.ahead(found.ids, feedback, vectors=True):
-            return found, feedback, await found.ranked(read, vector, feedback)
-        return found, depth, await found.ranked(read, vector, depth)
-
-    # the vector and phrase queries go to worker threads first, then BM25 runs on the loop's thread beside them
-    (found, exactly, near), *tiers, lists = await asyncio.gather(
-        nearest(), *(_phrase_matches(read, token, beside=True) for token in tokens), bm25())
+    # the vector and phrase queries go to worker threads, and BM25 runs on this one beside them
+    beside = [_beside(_neighbours, read, vector), *(_beside(_phrase_matches, read, token) for token in tokens)]
+    lists = _fts_matches(read, query)
+    found, *tiers = (future.result() for future in beside)
+    # with feedback likely (neighbours enough), only the vector side's first rows are re-ranked exactly: the second
+    # pass re-ranks the fused head exactly
+    exactly = feedback if read.ahead([found.ids, lists.ids], feedback)[0] else depth
+    near = found.ranked(read, vector, exactly)
     rare = max(EXACT_RARE_ROWS, EXACT_RARE_SHARE * read.dataset.count_rows()) if tokens else 0
     tiers = [tier for tier in tiers if len(tier) <= rare]
     ids, scores = fuse(near, lists, tiers, fusion)
     exact = not (near.capped or lists.capped)
     if feedback and len(ids) >= FEEDBACK_SHARE * feedback:
-        ids, scores = await _second_pass(read, vector, query, ids, scores, tiers, fusion, depth)
+        ids, scores = _second_pass(read, vector, query, ids, scores, tiers, fusion, depth)
     elif exactly < depth:  # too few matches for feedback after all: the vector side's head exactly, as without it
-        ids, scores = fuse(await found.ranked(read, vector, depth), lists, tiers, fusion)
+        ids, scores = fuse(found.ranked(read, vector, depth), lists, tiers, fusion)
     return ids, scores, exact
 
 
-async def _second_pass(read: _Read, vector: np.ndarray, query: str, ids: np.ndarray, scores: np.ndarray,
-                       tiers: list[np.ndarray], fusion: Fusion, depth: int) -> tuple[np.ndarray, np.ndarray]:
+def _second_pass(read: _Read, vector: np.ndarray, query: str, ids: np.ndarray, scores: np.ndarray,
+                 tiers: list[np.ndarray], fusion: Fusion, depth: int) -> tuple[np.ndarray, np.ndarray]:
     """The first pass's matches `ids` (fused `scores`) ordered by feedback from the first `fusion.feedback_docs`.
 
     Vector side: Rocchio's vector ranks the first `depth` fused chunks by exact similarity (their vectors are read,
@@ -229,11 +227,10 @@ async def _second_pass(read: _Read, vector: np.ndarray, query: str, ids: np.ndar
     best, head = ids[:fusion.feedback_docs], ids[:max(depth, fusion.feedback_docs)]
     weights = scores[:len(best)]
 
-    async def expanded() -> Ranked:
-        terms = expansion_terms(await read.texts(best), weights)
-        return await _fts_matches(read, query, terms, len(head), within=head, beside=True)
-
-    lists, vectors = await asyncio.gather(expanded(), read.vectors(head))
+    terms = expansion_terms(read.texts(best), weights)
+    expanded = _beside(_fts_matches, read, query, terms, len(head), within=head)
+    vectors = read.vectors(head)
+    lists = expanded.result()
     sims = _cosine(vectors, feedback_vector(vector, vectors[:len(best)], weights))
     order = np.argsort(-sims, kind="stable")
     order = order[sims[order] >= MIN_SIMILARITY]
@@ -243,58 +240,55 @@ async def _second_pass(read: _Read, vector: np.ndarray, query: str, ids: np.ndar
 class _Read:
     """The stored columns one search has read, by row id: a row is read again only for a column it lacks.
 
-    Hybrid search with feedback needs the search text of its first fused chunks, known only once both retrievers
-    are done; `ahead` reads it for each retriever's first rows as soon as that retriever has them, beside the
-    other's query, so that the second pass starts at once (the fused first chunks are nearly always among them;
-    any other is read then). Only the search text (and the vectors) of those few rows is read ahead, never the
-    columns `shown` for a page (`rows`).
+    Hybrid search with feedback needs the search text of its first fused chunks and the vectors of the fused head;
+    `ahead` reads both for each retriever's first rows in one take once both are done, so that the second pass
+    starts at once (the fused first chunks are nearly always among them; any other is read then). A take costs
+    about 0.4 ms however few its rows: one take for both retrievers, not one each beside the other's query, saved
+    0.4 ms of CPU a search (session 21). Only the search text and vectors of those few rows are read ahead, never
+    the columns `shown` for a page (`rows`).
     """
 
     def __init__(self, dataset, shown: list[str] | None = None) -> None:
         self.dataset, self.shown = dataset, shown or []
         self.read: dict[str, dict[int, Any]] = {}
 
-    async def query(self, columns: list[str], *, beside: bool = False, **scan) -> pa.Table:
-        """One query of the dataset (`scan`: Lance's `scanner` options), `columns` and the row ids. `beside`: on a
-        worker thread, for a query that runs beside other work of the search (Lance releases the GIL); else on
-        the loop's own thread, a thread hop (0.1-0.2 ms) fewer."""
-        def scanned() -> pa.Table:
-            return self.dataset.scanner(columns=columns, with_row_id=True, disable_scoring_autoprojection=True,
-                                        **scan).to_table()
+    def query(self, columns: list[str], **scan) -> pa.Table:
+        """One query of the dataset (`scan`: Lance's `scanner` options), `columns` and the row ids."""
+        return self.dataset.scanner(columns=columns, with_row_id=True, disable_scoring_autoprojection=True,
+                                    **scan).to_table()
 
-        return await asyncio.to_thread(scanned) if beside else scanned()
+    def ahead(self, rankings: list[np.ndarray], feedback: int) -> list[bool]:
+        """Read the search text and vectors of the first `feedback` rows of each of `rankings` (row ids, best first)
+        that is long enough for feedback to run (FEEDBACK_SHARE), in one take; which were."""
+        enough = [bool(feedback) and len(ids) >= FEEDBACK_SHARE * feedback for ids in rankings]
+        firsts = [ids[:feedback] for ids, long in zip(rankings, enough) if long]
+        if firsts:
+            self._fetch(np.concatenate(firsts), [SEARCH_COLUMN, "vector"])
+        return enough
 
-    async def ahead(self, ranked_ids: np.ndarray, feedback: int, *, vectors: bool = False) -> bool:
-        """Read the search text (and with `vectors`, the vectors) of the first `feedback` of `ranked_ids` when they
-        are enough for feedback to run; whether they were."""
-        if not (feedback and len(ranked_ids) >= FEEDBACK_SHARE * feedback):
-            return False
-        await self._fetch(ranked_ids[:feedback], [SEARCH_COLUMN, *(["vector"] if vectors else [])])
-        return True
-
-    async def texts(self, row_ids: np.ndarray) -> list[str]:
-        await self._fetch(row_ids, [SEARCH_COLUMN])
+    def texts(self, row_ids: np.ndarray) -> list[str]:
+        self._fetch(row_ids, [SEARCH_COLUMN])
         return self._values(row_ids, SEARCH_COLUMN)
 
-    async def vectors(self, row_ids: np.ndarray) -> np.ndarray:
+    def vectors(self, row_ids: np.ndarray) -> np.ndarray:
         """The stored vectors of `row_ids`, in their order, as float64 rows."""
         if not len(row_ids):
             return np.zeros((0, 0))
-        await self._fetch(row_ids, ["vector"])
+        self._fetch(row_ids, ["vector"])
         return np.stack(self._values(row_ids, "vector"))
 
-    async def rows(self, row_ids: np.ndarray) -> list[dict[str, Any]]:
+    def rows(self, row_ids: np.ndarray) -> list[dict[str, Any]]:
         """The shown columns of `row_ids`, a dict per row, in their order."""
         if not len(row_ids):
             return []
-        await self._fetch(row_ids, self.shown)
+        self._fetch(row_ids, self.shown)
         return [dict(zip(self.shown, values)) for values in zip(*(self._values(row_ids, c) for c in self.shown))]
 
     def _values(self, row_ids: np.ndarray, column: str) -> list:
         known = self.read[column]
         return [known[i] for i in row_ids.tolist()]
 
-    async def _fetch(self, row_ids: np.ndarray, columns: list[str]) -> None:
+    def _fetch(self, row_ids: np.ndarray, columns: list[str]) -> None:
         """Read the rows of `row_ids` that lack any of `columns`, in one take of the columns some of them lack."""
         wanted = dict.fromkeys(row_ids.tolist())
         columns = [c for c in columns if any(i not in self.read.setdefault(c, {}) for i in wanted)]
@@ -304,12 +298,28 @@ class _Read:
         taken = self.dataset._take_rows(missing, columns=columns)
         for column in columns:
             values = self.read[column]
-            array = taken[column]
-            values.update(zip(missing, np.stack(array.to_numpy(zero_copy_only=False)).astype(np.float64)
+            array = taken[column].combine_chunks()
+            values.update(zip(missing, array.flatten().to_numpy().reshape(len(array), -1).astype(np.float64)
                               if column == "vector" else array.to_pylist()))
 
 
 _DATASETS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+BESIDE_THREADS = 4  # worker threads for the queries searches run beside their other work (two a hybrid search)
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _beside(function, *args, **kwargs) -> Future:
+    """`function(*args, **kwargs)` started on a worker thread, for a query that runs beside the rest of a search
+    (Lance releases the GIL while it works). The threads are made on first use, and anew in a forked child."""
+    if not _POOL:
+        with _POOL_LOCK:
+            if not _POOL:
+                _POOL.append(ThreadPoolExecutor(BESIDE_THREADS, thread_name_prefix="pagefault-search"))
+    return _POOL[0].submit(function, *args, **kwargs)
+
+
+os.register_at_fork(after_in_child=_POOL.clear)
 
 
 def _dataset(chunks):
@@ -372,16 +382,15 @@ def vector_matches(chunks, vector: np.ndarray, depth: int = EXACT_HEAD, limit: i
     return _run(chunks, _vector_matches, vector, depth, limit)
 
 
-async def _vector_matches(read: _Read, vector: np.ndarray, depth: int = EXACT_HEAD,
-                          limit: int | None = None) -> Ranked:
-    return await (await _neighbours(read, vector, limit)).ranked(read, vector, depth)
+def _vector_matches(read: _Read, vector: np.ndarray, depth: int = EXACT_HEAD,
+                    limit: int | None = None) -> Ranked:
+    return _neighbours(read, vector, limit).ranked(read, vector, depth)
 
 
-async def _neighbours(read: _Read, vector: np.ndarray, limit: int | None = None, *,
-                      beside: bool = False) -> _Neighbours:
+def _neighbours(read: _Read, vector: np.ndarray, limit: int | None = None) -> _Neighbours:
     limit = limit or COUNT_LIMIT
     nearest = {"column": "vector", "q": vector, "k": limit, "nprobes": NPROBES, "metric": "cosine"}
-    result = await read.query(["_distance"], beside=beside, nearest=nearest)
+    result = read.query(["_distance"], nearest=nearest)
     return _Neighbours(result["_rowid"].to_numpy(), result["_distance"].to_numpy().astype(np.float64),
                        result.num_rows >= limit)
 
@@ -395,14 +404,14 @@ class _Neighbours:
     approx: np.ndarray
     full: bool
 
-    async def ranked(self, read: _Read, vector: np.ndarray, head: int) -> Ranked:
+    def ranked(self, read: _Read, vector: np.ndarray, head: int) -> Ranked:
         """The matches (similarity MIN_SIMILARITY or more), the first `head` rows re-ranked by exact similarity
         (their stored vectors, read through `read`), the rest at the similarity their approximate distance implies,
         scaled to the exact ones of those first rows (`vector_matches`)."""
         ids, approx = self.ids, self.approx
         scores = 1 - approx
         for rows in sorted({min(head, len(ids)), len(ids)} - {0}):  # all rows only when the first give no scale
-            sims = _cosine(await read.vectors(ids[:rows]), vector)
+            sims = _cosine(read.vectors(ids[:rows]), vector)
             far = (approx[:rows] > 1e-6) & (sims < 1 - 1e-6)  # rows identical to the query tell no scale
             if far.any() or rows == len(ids):
                 scale = float(np.median((1 - sims[far]) / approx[:rows][far])) if far.any() else 1.0
@@ -424,8 +433,8 @@ def fts_matches(chunks, query: str, expansion: list[str] | None = None, limit: i
     return _run(chunks, _fts_matches, query, expansion, limit)
 
 
-async def _fts_matches(read: _Read, query: str, expansion: list[str] | None = None, limit: int | None = None,
-                       within: np.ndarray | None = None, *, beside: bool = False) -> Ranked:
+def _fts_matches(read: _Read, query: str, expansion: list[str] | None = None, limit: int | None = None,
+                 within: np.ndarray | None = None) -> Ranked:
     """`fts_matches`, among the rows `within` only where given (the statistics BM25 scores by stay the table's)."""
     from lance.dataset import serialize_row_addrs
     from lance.query import MatchQuery
@@ -433,7 +442,7 @@ async def _fts_matches(read: _Read, query: str, expansion: list[str] | None = No
     limit = limit or COUNT_LIMIT
     match = MatchQuery(" ".join([query, *(expansion or [])]), SEARCH_COLUMN)
     allow = {} if within is None else {"row_addr_allowlist": serialize_row_addrs(within.tolist())}
-    result = await read.query(["_score"], full_text_query=match, limit=limit, beside=beside, **allow)
+    result = read.query(["_score"], full_text_query=match, limit=limit, **allow)
     return Ranked.of(result, "_score", limit)
 
 
@@ -442,11 +451,10 @@ def phrase_matches(chunks, token: str) -> np.ndarray:
     return _run(chunks, _phrase_matches, token)
 
 
-async def _phrase_matches(read: _Read, token: str, *, beside: bool = False) -> np.ndarray:
+def _phrase_matches(read: _Read, token: str) -> np.ndarray:
     from lance.query import PhraseQuery
 
-    result = await read.query(["_score"], full_text_query=PhraseQuery(token, SEARCH_COLUMN), limit=PHRASE_LIMIT,
-                              beside=beside)
+    result = read.query(["_score"], full_text_query=PhraseQuery(token, SEARCH_COLUMN), limit=PHRASE_LIMIT)
     return result["_rowid"].to_numpy()
 
 
