@@ -44,7 +44,7 @@ def page_count(total: int, per_page: int) -> int:
 def page_window(total: int, page: int, per_page: int = PAGE_SIZE, *, exact: bool = True) -> str:
     """`Results 6-10 of 37 (page=1 of pages 0-7, 5 a page)`; `page` is 0-based, as the model sends it.
 
-    Not `exact` (the count stopped at a limit): `Results 1-5 of at least 1000 (page=0 of pages 0-199 or more, ...)`.
+    Not `exact` (the count stopped at a limit): `Results 1-5 of at least 250 (page=0 of pages 0-49 or more, ...)`.
     """
     pages = page_count(total, per_page)
     first = page * per_page + 1
