@@ -11,9 +11,9 @@ GIL). Run as a coroutine on LanceDB's event loop instead, as before session 21, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
-import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -166,11 +166,12 @@ def _run(chunks, search, *args, shown: list[str] | None = None):
     from lancedb.background_loop import LOOP
 
     known = _dataset(chunks)
-    version = asyncio.run_coroutine_threadsafe(chunks._table.version(), LOOP.loop)
+    asked = asyncio.run_coroutine_threadsafe(chunks._table.version(), LOOP.loop)
     result = search(_Read(known, shown), *args)
-    if version.result() == known.version:
+    version = asked.result()
+    if version == known.version:
         return result
-    dataset = _DATASETS[chunks] = known.checkout_version(version.result())
+    dataset = _DATASETS[chunks] = known.checkout_version(version)
     return search(_Read(dataset, shown), *args)
 
 
@@ -305,21 +306,22 @@ class _Read:
 
 _DATASETS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 BESIDE_THREADS = 4  # worker threads for the queries searches run beside their other work (two a hybrid search)
-_POOL: list[ThreadPoolExecutor] = []
-_POOL_LOCK = threading.Lock()
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """The worker threads of `_beside`: made on first use (an executor starts its threads as work comes), and
+    anew in a forked child, where the parent's threads do not run."""
+    return ThreadPoolExecutor(BESIDE_THREADS, thread_name_prefix="pagefault-search")
+
+
+os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def _beside(function, *args, **kwargs) -> Future:
     """`function(*args, **kwargs)` started on a worker thread, for a query that runs beside the rest of a search
-    (Lance releases the GIL while it works). The threads are made on first use, and anew in a forked child."""
-    if not _POOL:
-        with _POOL_LOCK:
-            if not _POOL:
-                _POOL.append(ThreadPoolExecutor(BESIDE_THREADS, thread_name_prefix="pagefault-search"))
-    return _POOL[0].submit(function, *args, **kwargs)
-
-
-os.register_at_fork(after_in_child=_POOL.clear)
+    (Lance releases the GIL while it works)."""
+    return _pool().submit(function, *args, **kwargs)
 
 
 def _dataset(chunks):
