@@ -25,8 +25,8 @@ class P(ctypes.Structure): _fields_ = [("len", ctypes.c_ushort), ("filter", ctyp
 prog = (F * 4)(F(0x20, 0, 0, 0), F(0x15, 0, 1, {uring.IO_URING_SETUP}), F(0x06, 0, 0, 0x00050000 | 38),
                F(0x06, 0, 0, 0x7fff0000))
 libc = ctypes.CDLL(None, use_errno=True)
-assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
-assert libc.prctl(22, 2, ctypes.byref(P(4, prog)), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(P(4, prog)), 0, 0):  # NO_NEW_PRIVS, SECCOMP filter
+    raise SystemExit(77)  # this sandbox does not let a process filter its own system calls
 """
 
 SEARCH = """
@@ -64,6 +64,8 @@ def test_without_io_uring_search_reads_plainly_with_the_same_results(tiny_archiv
     expected = _matches(tiny_archive.chunks, vectors)
     args = json.dumps([str(tiny_archive.path), QUERIES, [v.tolist() for v in vectors], force])
     run = subprocess.run([sys.executable, "-c", NO_URING + SEARCH, args], capture_output=True, text=True, timeout=120)
+    if run.returncode == 77:
+        pytest.skip("this sandbox does not allow a seccomp filter")
     assert run.returncode == 0, run.stderr
     child = json.loads(run.stdout.splitlines()[-1])
     assert child["available"] is force  # the probe sees the refusal (or was overridden)
