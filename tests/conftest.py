@@ -158,6 +158,15 @@ def gone(pid: int, within: float = 15.0) -> bool:
     return not alive(pid)
 
 
+@pytest.fixture
+def table_dataset(monkeypatch):
+    """Search reads the dataset the table hands out (`to_lance`, which a test may wrap to count its reads), not one
+    opened anew through io_uring (`pipeline.archive.uring`)."""
+    from pipeline.archive import uring
+
+    monkeypatch.setattr(uring, "reader", lambda dataset: dataset)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto in server mode) on 127.0.0.1, for the session; its endpoint URL."""

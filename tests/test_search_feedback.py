@@ -122,14 +122,13 @@ class _Calls:
         self.calls[name] = self.calls.get(name, 0) + 1
 
 
-def test_feedback_asks_the_vector_index_once_and_bm25_twice_and_reads_no_row_twice(pump_chunks, monkeypatch):
+def test_feedback_asks_the_vector_index_once_and_bm25_twice_and_reads_no_row_twice(pump_chunks, table_dataset):
     """The second pass only orders first-pass matches: Rocchio's vector re-ranks the fused head from stored
     vectors, and only BM25 runs again, over the head's rows only. Once both retrievers are done, one take reads
     the search text and vectors of the first 5 rows of each (the vector side's are the only ones it re-ranks
     exactly: the second pass re-ranks the head), so the second pass has the feedback chunks' text at hand and
     reads only the head's other vectors."""
     table, query_vector = pump_chunks
-    monkeypatch.setattr(search.uring, "reader", lambda dataset: dataset)  # the counted dataset, not one opened anew
     calls: dict[str, int] = {}
     takes: list[list[int]] = []
     ids, _, _ = hybrid_matches(_Calls(table, calls, takes), query_vector, "pump seals", Fusion(feedback_docs=5))
@@ -140,12 +139,11 @@ def test_feedback_asks_the_vector_index_once_and_bm25_twice_and_reads_no_row_twi
     assert all(len(set(rows)) == len(rows) for rows in takes)
 
 
-def test_feedback_reads_what_the_first_pass_did_not(pump_chunks, monkeypatch):
+def test_feedback_reads_what_the_first_pass_did_not(pump_chunks, monkeypatch, table_dataset):
     """With no text read ahead, the second pass reads the feedback chunks' text itself: the same ranking."""
     table, query_vector = pump_chunks
     expected = hybrid_matches(table, query_vector, "pump seals", Fusion(feedback_docs=5))
     monkeypatch.setattr(search._Read, "ahead", lambda self, rankings, feedback: [True] * len(rankings))  # "read"
-    monkeypatch.setattr(search.uring, "reader", lambda dataset: dataset)  # the counted dataset, not one opened anew
     takes: list[list[int]] = []
     got = hybrid_matches(_Calls(table, {}, takes), query_vector, "pump seals", Fusion(feedback_docs=5))
     assert sorted(len(rows) for rows in takes) == [5, 5, 57]  # the vector side's first 5 vectors, the feedback

@@ -123,8 +123,7 @@ class _CountedReads:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["hybrid", "vector", "fts"])
-def test_totals_are_counted_without_reading_the_text_of_unshown_rows(tiny_archive, mode, monkeypatch):
-    monkeypatch.setattr(search.uring, "reader", lambda dataset: dataset)  # the counted dataset, not one opened anew
+def test_totals_are_counted_without_reading_the_text_of_unshown_rows(tiny_archive, mode, table_dataset):
     reads = TextReads(tiny_archive.chunks)
     result = search.search_chunks(reads, tiny_archive.embedder, "pump seals alpacas espresso Titan tart", mode=mode,
                                   top_k=2, page=1)

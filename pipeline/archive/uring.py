@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 import os
+import sys
 
 SCHEME = "file+uring://"
 IO_URING_SETUP = 425  # the syscall's number, the same on every Linux architecture (new syscalls share numbers)
-
-log = logging.getLogger(__name__)
 
 
 class _Params(ctypes.Structure):
@@ -29,7 +27,7 @@ class _Params(ctypes.Structure):
 def available() -> bool:
     """Whether this process may set up an io_uring: one tiny ring, made and closed (no Lance error on stderr
     where it cannot)."""
-    if not hasattr(os, "sched_getaffinity"):  # not Linux
+    if sys.platform != "linux":
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -55,7 +53,6 @@ def reader(dataset):
         fast = lance.dataset(SCHEME + os.path.abspath(uri), version=dataset.version)
         if fast.count_rows():
             fast.take([0], columns=[fast.schema.names[0]])
-    except OSError as exc:  # Lance's I/O errors: plain reads work where these fail
-        log.info("io_uring reads unavailable (%s); reading %s plainly", exc, uri)
+    except OSError:  # Lance's I/O error where it cannot read through io_uring: plain reads work
         return dataset
     return fast
